@@ -1,0 +1,36 @@
+# The two set-up commands a new user runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@if ls plugins/*/pyproject.toml >/dev/null 2>&1; then \
+	  for p in plugins/*/; do $(BIN)/python -m pip install --quiet -e "$$p"; done; fi
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: venv
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+bench: venv
+	$(BIN)/python bench/scheduler.py
+	@if [ -f bench/pipeline.py ]; then $(BIN)/python bench/pipeline.py; fi
+	@if [ -f bench/fingerprint.py ]; then $(BIN)/python bench/fingerprint.py; fi
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""Errors raised by lauf-dvc and the exit codes the command line maps them to.
+
+A stage whose command fails is *data* (a task in state ``failed``), never one of
+these exceptions: these mean the tool itself could not do what was asked.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Documented exit codes of ``lauf-dvc`` (see docs/troubleshooting.md)."""
+
+    OK = 0
+    STAGE_FAILED = 1  # the tool worked, but at least one selected stage did not complete
+    USAGE = 2  # bad command line
+    CONFIG = 3  # unknown/invalid lauf setting (dvc.yaml vars/meta, env var)
+    PIPELINE = 4  # broken dvc.yaml, cycle, unknown target, missing dependency
+    STORE = 5  # database unreachable, read-only, or of another schema version
+    PLUGIN = 6  # a plugin failed to load or raised
+    LOCK = 7  # a lock could not be acquired in time
+    INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class LaufError(Exception):
+    """Root of every error lauf-dvc raises on purpose.
+
+    ``str(err)`` is one line that names what is wrong and what to do.
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class ConfigError(LaufError):
+    exit_code = ExitCode.CONFIG
+
+
+class PipelineError(LaufError):
+    exit_code = ExitCode.PIPELINE
+
+
+class StoreError(LaufError):
+    exit_code = ExitCode.STORE
+
+
+class SchemaVersionError(StoreError):
+    """The database was created by another lauf-dvc schema version."""
+
+
+class PluginError(LaufError):
+    exit_code = ExitCode.PLUGIN
+
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(f"plugin {plugin!r}: {message}")
+        self.plugin = plugin
+
+
+class IllegalTransition(LaufError):
+    """A task state change that the state machine does not allow, or a lost race."""
+
+    exit_code = ExitCode.INTERNAL
+
+    def __init__(self, task_id: str, current: str | None, new: str, detail: str = "") -> None:
+        msg = f"task {task_id!r}: illegal transition {current} -> {new}"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
+        self.task_id = task_id
+        self.current = current
+        self.new = new
+
+
+class LockTimeout(LaufError):
+    exit_code = ExitCode.LOCK
+
+
+class FailurePolicyStop(LaufError):
+    """Raised by a Graphband iterator with ``failure_policy="stop"`` once a task failed for good."""
+
+    exit_code = ExitCode.STAGE_FAILED
+
+    def __init__(self, failed: list[str]) -> None:
+        shown = ", ".join(failed[:5]) + (" ..." if len(failed) > 5 else "")
+        super().__init__(
+            f"stopping (failure_policy=stop): {len(failed)} task(s) failed: {shown}; "
+            "fix them and run `lauf-dvc reset --failed`"
+        )
+        self.failed = failed

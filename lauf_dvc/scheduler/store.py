@@ -1,0 +1,476 @@
+"""The scheduler database: every transaction and every query, SQLite and PostgreSQL alike.
+
+Workers hold no SQL: they call the methods here; each public method is one short
+transaction. Statements that change task state live in :mod:`lauf_dvc.scheduler.txn`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from lauf_dvc.errors import SchemaVersionError, StoreError
+from lauf_dvc.scheduler import txn
+from lauf_dvc.scheduler.engine import make_engine, mask_url
+from lauf_dvc.scheduler.schema import (
+    FAILED_SQL,
+    SCHEMA_VERSION,
+    TODO_SQL,
+    assignments,
+    edges,
+    events,
+    meta,
+    metadata,
+    tasks,
+    workers,
+)
+from lauf_dvc.scheduler.txn import Claimed, TaskSpec
+from lauf_dvc.states import CLAIMABLE, TaskState
+
+S = TaskState
+__all__ = ["Claimed", "Event", "Store", "TaskRow", "TaskSpec", "graph_hash", "requirements_key"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of a task's audit trail."""
+
+    id: int
+    task_id: str
+    state: TaskState
+    fingerprint: str | None
+    worker: str | None
+    time: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task as stored now."""
+
+    id: str
+    state: TaskState
+    reason: str | None
+    fingerprint: str | None
+    last_fingerprint: str | None
+    failed_count: int
+    killed_count: int
+    info: dict[str, Any]
+    updated: float
+    dependencies: tuple[str, ...]
+
+
+def requirements_key(labels: Iterable[str]) -> str:
+    """The canonical stored form of a set of labels."""
+    return ",".join(sorted(set(labels)))
+
+
+def graph_hash(specs: Sequence[TaskSpec]) -> str:
+    h = hashlib.sha256()
+    for s in sorted(specs, key=lambda s: s.id):
+        key = (s.id, sorted(s.dependencies), s.requirements, s.max_workers, s.priority, s.retries)
+        h.update(repr(key).encode())
+    return h.hexdigest()
+
+
+class Store:
+    """A handle on one scheduler database. Cheap to create; connects on first use."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self._engine = engine
+        self._schema_checked = False
+
+    # -- connections -------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        if not self._schema_checked:
+            self._ensure_schema(self._engine)
+            self._schema_checked = True
+        return self._engine
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, so two claims never race)."""
+        with self._errors(), self.engine.connect() as plain:
+            conn = plain.execution_options(lauf_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn driver errors into one-line :class:`StoreError`; never show a password."""
+        try:
+            yield
+        except DBAPIError as exc:
+            raise StoreError(f"database {mask_url(self.url)}: {_first_line(exc.orig)}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {mask_url(self.url)}: {_first_line(exc)}") from exc
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _ensure_schema(self, engine: Engine) -> None:
+        with self._errors(), engine.connect() as plain:
+            conn = plain.execution_options(lauf_write=True)
+            with conn.begin():
+                if engine.dialect.name == "postgresql":  # serialise concurrent first starts
+                    conn.execute(text("SELECT pg_advisory_xact_lock(74617566)"))
+                have = set(engine.dialect.get_table_names(conn))
+                if meta.name in have:
+                    row = conn.execute(
+                        select(meta.c.value).where(meta.c.key == "schema_version")
+                    ).first()
+                    found = row[0] if row else "unknown"
+                    if found != str(SCHEMA_VERSION):
+                        raise SchemaVersionError(
+                            f"database {mask_url(self.url)} has lauf-dvc schema version {found}, "
+                            f"this lauf-dvc needs {SCHEMA_VERSION}: delete it or use another --db"
+                        )
+                    return
+                if have:
+                    raise SchemaVersionError(
+                        f"database {mask_url(self.url)} holds tables lauf-dvc did not create "
+                        f"({', '.join(sorted(have)[:3])}): point --db at a new database"
+                    )
+                metadata.create_all(conn)
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    # -- workers -----------------------------------------------------------------------
+
+    def register_worker(
+        self, worker_id: str, *, host: str, pid: int, labels: str, timeout: float, now: float
+    ) -> None:
+        """Add a worker, or revive an offline/dead one; a live one of that id is an error."""
+        values = dict(
+            host=host, pid=pid, labels=labels, state="alive", started=now,
+            heartbeat=now, expires=now + timeout,
+        )  # fmt: skip
+        with self.write() as conn:
+            row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
+            if row is None:
+                conn.execute(insert(workers).values(id=worker_id, **values))
+            elif row.state == "alive":
+                raise StoreError(
+                    f"a live worker named {worker_id!r} is already registered: "
+                    "give every worker its own identifier"
+                )
+            else:
+                conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+
+    def heartbeat(self, worker_id: str, *, timeout: float, now: float) -> bool:
+        """Prove ``worker_id`` alive. False if it was presumed dead and reaped meanwhile."""
+        with self.write() as conn:
+            res = conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id, workers.c.state == "alive")
+                .values(heartbeat=now, expires=now + timeout)
+            )
+            return res.rowcount == 1
+
+    def revive_worker(self, worker_id: str, *, timeout: float, now: float) -> None:
+        """A worker presumed dead shows it is not: alive again (its old claims stay lost)."""
+        with self.write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(state="alive", heartbeat=now, expires=now + timeout)
+            )
+
+    def worker_offline(self, worker_id: str, *, now: float) -> None:
+        with self.write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id, workers.c.state == "alive")
+                .values(state="offline", heartbeat=now)
+            )
+
+    def reap(self, *, now: float, reaper: str | None, max_killed_retries: int) -> list[str]:
+        """Declare workers whose heartbeat expired dead; their running tasks become killed.
+
+        Killed tasks within ``max_killed_retries`` go back to pending. Returns the killed ids.
+        """
+        expired = select(workers.c.id).where(workers.c.state == "alive", workers.c.expires < now)
+        with self.read() as conn:  # cheap and indexed: most calls find nothing
+            if conn.execute(expired.limit(1)).first() is None:
+                return []
+        killed: list[str] = []
+        with self.write() as conn:
+            for dead in conn.execute(expired).scalars().all():
+                conn.execute(update(workers).where(workers.c.id == dead).values(state="dead"))
+                held = select(assignments.c.task).where(assignments.c.worker == dead)
+                for task_id in conn.execute(held).scalars().all():
+                    reason = f"worker {dead} stopped sending heartbeats"
+                    if txn.leave(
+                        conn, task_id, dead, S.KILLED, now=now, reason=reason,
+                        worker=reaper, budget=max_killed_retries,
+                    ):  # fmt: skip
+                        killed.append(task_id)
+        return killed
+
+    # -- the graph and its tasks ---------------------------------------------------------
+
+    def sync_graph(self, specs: Sequence[TaskSpec], *, now: float, worker: str | None) -> bool:
+        """Make the stored graph equal to ``specs``; idempotent, safe for many workers at once.
+
+        New tasks become pending; tasks no longer in ``specs`` are removed (unless running).
+        Returns True if anything changed.
+        """
+        digest = graph_hash(specs)
+        with self.write() as conn:
+            row = conn.execute(select(meta.c.value).where(meta.c.key == "graph_hash")).first()
+            if row is not None and row[0] == digest:
+                return False
+            changed = txn.sync(conn, specs, now=now, worker=worker)
+            conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
+            conn.execute(insert(meta).values(key="graph_hash", value=digest))
+            return changed
+
+    def claim(
+        self, worker: str, *, allowed: Sequence[str], now: float, join: bool = False
+    ) -> Claimed | None:
+        """Take the ready task of highest priority (FIFO among equals), or None.
+
+        A read comes first, so idle workers polling an empty queue take no write lock.
+        """
+        with self.read() as conn:
+            if not any(conn.execute(q).first() for q in txn.candidates(allowed, join)):
+                return None
+        with self.write() as conn:
+            return txn.claim(conn, worker, allowed=allowed, now=now, join=join)
+
+    def complete(
+        self, task_id: str, worker: str, *, now: float, fingerprint: str | None,
+        reason: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record that ``worker`` finished ``task_id``. False if its claim had been lost."""
+        with self.write() as conn:
+            return txn.complete(
+                conn, task_id, worker, now=now, fingerprint=fingerprint, reason=reason
+            )
+
+    def complete_and_claim(
+        self, task_id: str, worker: str, *, now: float, fingerprint: str | None,
+        allowed: Sequence[str], join: bool = False,
+    ) -> tuple[bool, Claimed | None]:  # fmt: skip
+        """:meth:`complete` then :meth:`claim` in one transaction: one commit per task."""
+        with self.write() as conn:
+            kept = txn.complete(conn, task_id, worker, now=now, fingerprint=fingerprint)
+            return kept, txn.claim(conn, worker, allowed=allowed, now=now, join=join)
+
+    def fail(
+        self, task_id: str, worker: str, *, now: float, reason: str, budget: int,
+        info: dict[str, Any] | None = None, fingerprint: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``."""
+        with self.write() as conn:
+            return txn.leave(
+                conn, task_id, worker, S.FAILED, now=now, reason=reason, worker=worker,
+                budget=budget, info=info, fingerprint=fingerprint,
+            )  # fmt: skip
+
+    def completed_fingerprints(self) -> dict[str, str | None]:
+        """``{task id: fingerprint it last completed with}`` for every completed task."""
+        q = select(tasks.c.id, tasks.c.last_fingerprint).where(tasks.c.state == S.COMPLETED.value)
+        with self.read() as conn:
+            return dict(conn.execute(q).tuples().all())
+
+    def set_baselines(self, fingerprints: dict[str, str]) -> None:
+        """Record a first fingerprint for completed tasks that have none (they completed
+        while fingerprints were off): a later change is then a reason to re-run."""
+        q = (
+            update(tasks)
+            .where(
+                tasks.c.id == bindparam("tid"),
+                tasks.c.state == S.COMPLETED.value,
+                tasks.c.last_fingerprint.is_(None),
+            )
+            .values(last_fingerprint=bindparam("fp"))
+        )
+        with self.write() as conn:
+            conn.execute(q, [{"tid": k, "fp": v} for k, v in fingerprints.items()])
+
+    def invalidate(
+        self, changes: dict[str, tuple[str | None, str | None, str]], *, now: float,
+        worker: str | None, forget_fingerprint: bool = False,
+    ) -> list[str]:  # fmt: skip
+        """Invalidate completed tasks and, transitively, every completed task downstream.
+
+        ``changes`` maps a task id to ``(last fingerprint seen, current fingerprint, reason)``.
+        A task is touched only if it is still completed with that last fingerprint, so two
+        workers syncing at once agree. Returns every task id that became invalidated.
+        """
+        hit: list[str] = []
+        with self.write() as conn:
+            for task_id, (seen, current, reason) in sorted(changes.items()):
+                row = conn.execute(
+                    select(tasks.c.state, tasks.c.last_fingerprint).where(tasks.c.id == task_id)
+                ).first()
+                if row is None or row.state != S.COMPLETED or row.last_fingerprint != seen:
+                    continue
+                txn.transition(
+                    conn, task_id, S.COMPLETED, S.INVALIDATED, now=now, worker=worker,
+                    reason=reason, fingerprint=current,
+                    values={"last_fingerprint": None} if forget_fingerprint else None,
+                )  # fmt: skip
+                hit.append(task_id)
+            for root in list(hit):
+                hit += txn.cascade(
+                    conn, root, S.INVALIDATED, now=now, worker=worker,
+                    reason=f"upstream {root} invalidated", only=[S.COMPLETED],
+                )  # fmt: skip
+        return hit
+
+    def adopt_completed(
+        self, task_id: str, *, fingerprint: str | None, now: float, worker: str | None, reason: str
+    ) -> bool:
+        """Mark a pending/invalidated task completed without running it (found up to date)."""
+        with self.write() as conn:
+            state = conn.execute(select(tasks.c.state).where(tasks.c.id == task_id)).scalar()
+            if state not in CLAIMABLE:
+                return False
+            txn.transition(
+                conn, task_id, S(state), S.COMPLETED, now=now, worker=worker, reason=reason,
+                fingerprint=fingerprint,
+                values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
+            )  # fmt: skip
+            return True
+
+    def force(
+        self, task_ids: Sequence[str], *, now: float, worker: str | None, reason: str = "forced"
+    ) -> list[str]:
+        """Invalidate completed tasks so they run again even with an unchanged fingerprint."""
+        q = select(tasks.c.id, tasks.c.last_fingerprint).where(
+            tasks.c.id.in_(list(task_ids)), tasks.c.state == S.COMPLETED.value
+        )
+        with self.read() as conn:
+            changes = {r.id: (r.last_fingerprint, None, reason) for r in conn.execute(q)}
+        return self.invalidate(changes, now=now, worker=worker, forget_fingerprint=True)
+
+    def reset(
+        self, task_ids: Sequence[str] | None = None, *, now: float, worker: str | None = None,
+        reason: str = "reset by user",
+    ) -> list[str]:  # fmt: skip
+        """Put failed/killed tasks (all, or those named) back to pending with fresh retry
+        budgets, and the upstream_failed tasks they held back unless another failure still
+        does. Returns the ids that became pending."""
+        q = select(tasks.c.id, tasks.c.state).where(text(FAILED_SQL)).order_by(tasks.c.seq)
+        if task_ids is not None:
+            q = q.where(tasks.c.id.in_(list(task_ids)))
+        done: list[str] = []
+        with self.write() as conn:
+            for row in conn.execute(q).all():
+                txn.transition(
+                    conn, row.id, S(row.state), S.PENDING, now=now, worker=worker,
+                    reason=reason, values=dict(failed_count=0, killed_count=0),
+                )  # fmt: skip
+                done.append(row.id)
+                for task_id, state in txn.downstream(conn, row.id):
+                    if state == S.UPSTREAM_FAILED and not txn.held_back(conn, task_id):
+                        txn.transition(
+                            conn, task_id, S.UPSTREAM_FAILED, S.PENDING, now=now,
+                            worker=worker, reason=f"{reason} (upstream {row.id})",
+                        )  # fmt: skip
+                        done.append(task_id)
+        return done
+
+    # -- questions -----------------------------------------------------------------------
+
+    def has_unfinished(self, allowed: Sequence[str]) -> bool:
+        """Is a task running, or waiting to run and claimable with these requirement keys?
+
+        Two index seeks (partial indexes), whatever the number of tasks.
+        """
+        running = select(tasks.c.id).where(text("state = 'running'")).limit(1)
+        todo = (
+            select(tasks.c.id)
+            .where(text(TODO_SQL), tasks.c.requirements.in_(list(allowed)))
+            .limit(1)
+        )
+        with self.read() as conn:
+            return (conn.execute(running).first() or conn.execute(todo).first()) is not None
+
+    def failed(self, limit: int = 20) -> list[str]:
+        """Tasks failed or killed for good (retries are already back to pending)."""
+        q = select(tasks.c.id).where(text(FAILED_SQL)).order_by(tasks.c.seq).limit(limit)
+        with self.read() as conn:
+            return list(conn.execute(q).scalars())
+
+    def counts(self) -> dict[TaskState, int]:
+        with self.read() as conn:
+            rows = conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
+            return {S(state): n for state, n in rows}
+
+    def task_rows(self) -> list[TaskRow]:
+        with self.read() as conn:
+            deps: dict[str, list[str]] = {}
+            for t, d in conn.execute(select(edges.c.task, edges.c.dep).order_by(edges.c.dep)):
+                deps.setdefault(t, []).append(d)
+            rows = conn.execute(select(tasks).order_by(tasks.c.seq)).all()
+        return [
+            TaskRow(
+                r.id,
+                S(r.state),
+                r.reason,
+                r.fingerprint,
+                r.last_fingerprint,
+                r.failed_count,
+                r.killed_count,
+                json.loads(r.info) if r.info else {},
+                r.updated,
+                tuple(deps.get(r.id, ())),
+            )
+            for r in rows
+        ]
+
+    def history(self, task_id: str) -> list[Event]:
+        q = select(events).where(events.c.task_id == task_id).order_by(events.c.id)
+        with self.read() as conn:
+            return [
+                Event(r.id, r.task_id, S(r.state), r.fingerprint, r.worker, r.time, r.reason)
+                for r in conn.execute(q)
+            ]
+
+    def workers(self) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            held = dict(conn.execute(select(assignments.c.worker, assignments.c.task)).tuples())
+            rows = conn.execute(select(workers).order_by(workers.c.started)).all()
+        return [dict(r._mapping, task=held.get(r.id)) for r in rows]
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def prune_history(self, keep: int) -> int:
+        """Delete all but the ``keep`` latest events of each task, never the event that set
+        a task's current state (foreign keys stay valid). Returns how many were deleted."""
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        rank = func.row_number().over(partition_by=events.c.task_id, order_by=events.c.id.desc())
+        ranked = select(events.c.id, rank.label("rn")).subquery()
+        old = select(ranked.c.id).where(ranked.c.rn > keep)
+        current = select(tasks.c.event_id).where(tasks.c.event_id.is_not(None))
+        with self.write() as conn:
+            res = conn.execute(
+                delete(events).where(events.c.id.in_(old), events.c.id.not_in(current))
+            )
+            return res.rowcount
+
+
+def _first_line(exc: object) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,400 @@
+"""Statements that run inside a transaction the caller (:class:`~.store.Store`) opened.
+
+Every task state change goes through :func:`transition`: it checks the state machine,
+updates ``WHERE id = :id AND state = :expected`` (raising if no row changed), appends one
+event, and keeps the ``waiting`` counters of the dependents exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from lauf_dvc.errors import IllegalTransition
+from lauf_dvc.scheduler.schema import READY_SQL, assignments, edges, events, tasks
+from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
+
+log = logging.getLogger(__name__)
+S = TaskState
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the store keeps of a task: its place in the graph and scheduling hints."""
+
+    id: str
+    dependencies: tuple[str, ...] = ()
+    requirements: str = ""  # canonical: sorted labels joined by ","
+    max_workers: int = 1
+    priority: int = 0
+    retries: int | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task a worker now holds. ``previous`` tells a fresh claim from a re-run."""
+
+    id: str
+    previous: TaskState
+    last_fingerprint: str | None
+    joined: bool = False  # another worker already runs it (max_workers > 1)
+
+
+def transition(
+    conn: Connection,
+    task_id: str,
+    expected: TaskState,
+    new: TaskState,
+    *,
+    now: float,
+    worker: str | None,
+    reason: str | None,
+    fingerprint: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """The one way a task changes state: checked, conditional on ``expected``, logged."""
+    check_transition(task_id, expected, new)
+    event = insert(events).values(
+        task_id=task_id,
+        state=new.value,
+        fingerprint=fingerprint,
+        worker=worker,
+        time=now,
+        reason=reason,
+    )
+    event_id = conn.execute(event).inserted_primary_key[0]
+    res = conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.state == expected.value)
+        .values(state=new.value, event_id=event_id, reason=reason, updated=now, **(values or {}))
+    )
+    if res.rowcount != 1:
+        actual = conn.execute(select(tasks.c.state).where(tasks.c.id == task_id)).scalar()
+        raise IllegalTransition(task_id, actual, new, f"expected it to be {expected}")
+    delta = int(new == S.COMPLETED) - int(expected == S.COMPLETED)
+    if delta:
+        dependents = select(edges.c.task).where(edges.c.dep == task_id)
+        conn.execute(
+            update(tasks).where(tasks.c.id.in_(dependents)).values(waiting=tasks.c.waiting - delta)
+        )
+
+
+# -- claiming ------------------------------------------------------------------------
+
+
+def candidates(allowed: Sequence[str], join: bool) -> list[Any]:
+    """Queries for the next task to run: running ones to join first, then ready ones.
+
+    One ready query per requirement key, each repeating the partial index's predicate
+    literally so SQLite uses it: an index seek that is already in priority order,
+    whatever the number of tasks.
+    """
+    cols = (tasks.c.id, tasks.c.state, tasks.c.last_fingerprint, tasks.c.priority, tasks.c.seq)
+    order = (tasks.c.priority.desc(), tasks.c.seq)
+    queries = [
+        select(*cols).where(text(READY_SQL), tasks.c.requirements == key).order_by(*order).limit(1)
+        for key in allowed
+    ]
+    if join:
+        joinable = (
+            select(*cols)
+            .where(
+                text("state = 'running' AND max_workers > 1"),
+                tasks.c.sealed == 0,
+                tasks.c.running < tasks.c.max_workers,
+                tasks.c.requirements.in_(list(allowed)),
+            )
+            .order_by(*order)
+            .limit(8)
+        )
+        queries.insert(0, joinable)
+    return queries
+
+
+def claim(
+    conn: Connection, worker: str, *, allowed: Sequence[str], now: float, join: bool
+) -> Claimed | None:
+    rows = []
+    for q in candidates(allowed, join):
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        rows += conn.execute(q).all()
+    # Joinable (running) tasks first, then by priority, then first come first served.
+    rows.sort(key=lambda r: (r.state != S.RUNNING, -r.priority, r.seq))
+    for row in rows:
+        if _take(conn, row, worker, now):
+            return Claimed(row.id, S(row.state), row.last_fingerprint, row.state == S.RUNNING)
+    return None
+
+
+def _take(conn: Connection, row: Any, worker: str, now: float) -> bool:
+    if row.state == S.RUNNING:  # join a task that allows several workers
+        mine = select(assignments.c.task).where(
+            assignments.c.task == row.id, assignments.c.worker == worker
+        )
+        if conn.execute(mine).first() is not None:
+            return False
+        conn.execute(update(tasks).where(tasks.c.id == row.id).values(running=tasks.c.running + 1))
+        conn.execute(
+            insert(events).values(
+                task_id=row.id, state=S.RUNNING.value, worker=worker, time=now, reason="joined"
+            )
+        )
+    else:
+        reason = "re-run" if row.state == S.INVALIDATED else None
+        transition(
+            conn,
+            row.id,
+            S(row.state),
+            S.RUNNING,
+            now=now,
+            worker=worker,
+            reason=reason,
+            values=dict(running=1, sealed=0),
+        )
+    conn.execute(insert(assignments).values(task=row.id, worker=worker, since=now))
+    return True
+
+
+# -- finishing -----------------------------------------------------------------------
+
+
+def complete(
+    conn: Connection,
+    task_id: str,
+    worker: str,
+    *,
+    now: float,
+    fingerprint: str | None,
+    reason: str | None = None,
+) -> bool:
+    """``worker`` finished ``task_id``. False if its claim was lost (it was presumed dead)."""
+    if not _release(conn, task_id, worker):
+        return False
+    row = conn.execute(select(tasks.c.running, tasks.c.state).where(tasks.c.id == task_id)).one()
+    if row.state != S.RUNNING:  # a co-worker failed it meanwhile
+        return True
+    if row.running > 1:  # others still on it: the last one out completes it
+        conn.execute(
+            update(tasks).where(tasks.c.id == task_id).values(running=tasks.c.running - 1, sealed=1)
+        )
+        return True
+    transition(
+        conn,
+        task_id,
+        S.RUNNING,
+        S.COMPLETED,
+        now=now,
+        worker=worker,
+        reason=reason,
+        fingerprint=fingerprint,
+        values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None),
+    )
+    return True
+
+
+def _release(conn: Connection, task_id: str, worker: str) -> bool:
+    gone = conn.execute(
+        delete(assignments).where(assignments.c.task == task_id, assignments.c.worker == worker)
+    )
+    if gone.rowcount == 0:
+        log.warning(
+            "task %s: claim of %s was lost (presumed dead); result dropped", task_id, worker
+        )
+        return False
+    return True
+
+
+def leave(
+    conn: Connection,
+    task_id: str,
+    holder: str,
+    state: TaskState,
+    *,
+    now: float,
+    reason: str | None,
+    worker: str | None,
+    budget: int,
+    info: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+) -> bool:
+    """``holder`` stops working on a task abnormally: ``state`` is failed or killed.
+
+    Within ``budget`` retries (a task's own ``retries`` wins for failures) the task goes
+    back to pending; past it, everything downstream becomes upstream_failed.
+    """
+    if not _release(conn, task_id, holder):
+        return False
+    row = conn.execute(
+        select(tasks.c.state, tasks.c.retries, tasks.c.failed_count, tasks.c.killed_count).where(
+            tasks.c.id == task_id
+        )
+    ).one()
+    if row.state != S.RUNNING:
+        return False
+    count_col = "failed_count" if state == S.FAILED else "killed_count"
+    count = getattr(row, count_col)
+    if state == S.FAILED and row.retries is not None:
+        budget = row.retries
+    values = {"running": 0, count_col: count + 1, "info": json.dumps(info) if info else None}
+    transition(
+        conn, task_id, S.RUNNING, state, now=now, worker=worker, reason=reason,
+        fingerprint=fingerprint, values=values,
+    )  # fmt: skip
+    if count < budget:
+        retry = f"retry {count + 1} of {budget} after: {reason}"
+        transition(conn, task_id, state, S.PENDING, now=now, worker=worker, reason=retry)
+    else:
+        cascade(
+            conn, task_id, S.UPSTREAM_FAILED, now=now, worker=worker,
+            reason=f"upstream {task_id} {state.value}", only=CLAIMABLE,
+        )  # fmt: skip
+    return True
+
+
+# -- the graph -----------------------------------------------------------------------
+
+_DOWNSTREAM = text("""
+    WITH RECURSIVE down(id, depth) AS (
+        SELECT task, 1 FROM lauf_edges WHERE dep = :root
+        UNION
+        SELECT e.task, d.depth + 1 FROM lauf_edges e JOIN down d ON e.dep = d.id
+    )
+    SELECT t.id, t.state, min(d.depth) AS depth FROM down d
+    JOIN lauf_tasks t ON t.id = d.id GROUP BY t.id, t.state ORDER BY depth, t.id
+""")
+
+_HELD_BACK = text("""
+    WITH RECURSIVE up(id) AS (
+        SELECT dep FROM lauf_edges WHERE task = :root
+        UNION SELECT e.dep FROM lauf_edges e JOIN up u ON e.task = u.id
+    )
+    SELECT 1 FROM up JOIN lauf_tasks t ON t.id = up.id
+    WHERE t.state IN ('failed', 'killed') LIMIT 1
+""")
+
+
+def downstream(conn: Connection, task_id: str) -> list[tuple[str, str]]:
+    """Every task downstream of ``task_id`` (transitively) with its state, nearest first."""
+    return [(r.id, r.state) for r in conn.execute(_DOWNSTREAM, {"root": task_id})]
+
+
+def held_back(conn: Connection, task_id: str) -> bool:
+    """Does a failed or killed task stand anywhere upstream of ``task_id``?"""
+    return conn.execute(_HELD_BACK, {"root": task_id}).first() is not None
+
+
+def cascade(
+    conn: Connection,
+    root: str,
+    new: TaskState,
+    *,
+    now: float,
+    worker: str | None,
+    reason: str,
+    only: Iterable[TaskState],
+) -> list[str]:
+    """Move every task downstream of ``root`` that is in one of ``only`` to ``new``."""
+    allowed = {s.value for s in only}
+    hit = []
+    for task_id, state in downstream(conn, root):
+        if state in allowed:
+            transition(conn, task_id, S(state), new, now=now, worker=worker, reason=reason)
+            hit.append(task_id)
+    return hit
+
+
+def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: float, worker: str | None) -> bool:
+    """Make the stored graph equal to ``specs``. True if anything changed."""
+    existing = {
+        r.id: r
+        for r in conn.execute(
+            select(
+                tasks.c.id,
+                tasks.c.state,
+                tasks.c.requirements,
+                tasks.c.max_workers,
+                tasks.c.priority,
+                tasks.c.retries,
+            )
+        )
+    }
+    wanted = {s.id for s in specs}
+    removed = [i for i, r in existing.items() if i not in wanted and r.state != S.RUNNING]
+    new = [s for s in specs if s.id not in existing]
+    _insert_tasks(conn, new, now=now, worker=worker)
+    for s in specs:
+        r = existing.get(s.id)
+        hints = (s.requirements, s.max_workers, s.priority, s.retries)
+        if r is not None and (r.requirements, r.max_workers, r.priority, r.retries) != hints:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == s.id)
+                .values(requirements=s.requirements, max_workers=s.max_workers,
+                        priority=s.priority, retries=s.retries)
+            )  # fmt: skip
+    if removed:
+        conn.execute(update(tasks).where(tasks.c.id.in_(removed)).values(event_id=None))
+        conn.execute(delete(events).where(events.c.task_id.in_(removed)))
+        conn.execute(delete(edges).where(edges.c.task.in_(removed) | edges.c.dep.in_(removed)))
+        conn.execute(delete(tasks).where(tasks.c.id.in_(removed)))
+    edges_changed = _sync_edges(conn, specs)
+    changed = bool(new or removed or edges_changed)
+    if changed:
+        _recount_waiting(conn)
+    return changed
+
+
+def _insert_tasks(
+    conn: Connection, new: Sequence[TaskSpec], *, now: float, worker: str | None
+) -> None:
+    if not new:
+        return
+    seq0 = conn.execute(select(func.coalesce(func.max(tasks.c.seq), 0))).scalar_one()
+    rows = [
+        dict(id=s.id, seq=seq0 + i + 1, state=S.PENDING.value, waiting=0,
+             requirements=s.requirements, max_workers=s.max_workers, priority=s.priority,
+             retries=s.retries, running=0, sealed=0, failed_count=0, killed_count=0,
+             reason="new task", updated=now)
+        for i, s in enumerate(new)
+    ]  # fmt: skip
+    conn.execute(insert(tasks), rows)
+    conn.execute(
+        insert(events),
+        [
+            dict(task_id=s.id, state=S.PENDING.value, worker=worker, time=now, reason="new task")
+            for s in new
+        ],
+    )
+    latest = select(func.max(events.c.id)).where(events.c.task_id == tasks.c.id)
+    conn.execute(
+        update(tasks).where(tasks.c.event_id.is_(None)).values(event_id=latest.scalar_subquery())
+    )
+
+
+def _sync_edges(conn: Connection, specs: Sequence[TaskSpec]) -> bool:
+    have = set(conn.execute(select(edges.c.task, edges.c.dep)).tuples())
+    want = {(s.id, d) for s in specs for d in s.dependencies}
+    for task_id, dep in have - want:
+        conn.execute(delete(edges).where(edges.c.task == task_id, edges.c.dep == dep))
+    add = sorted(want - have)
+    if add:
+        conn.execute(insert(edges), [dict(task=t, dep=d) for t, d in add])
+    return bool(add) or bool(have - want)
+
+
+def _recount_waiting(conn: Connection) -> None:
+    dep = tasks.alias("dep")
+    count = (
+        select(func.count())
+        .select_from(edges.join(dep, dep.c.id == edges.c.dep))
+        .where(edges.c.task == tasks.c.id, dep.c.state != S.COMPLETED.value)
+        .scalar_subquery()
+    )
+    conn.execute(update(tasks).values(waiting=count))

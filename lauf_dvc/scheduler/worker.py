@@ -1,0 +1,322 @@
+"""One worker: register, sync the graph, claim -> run -> complete, heartbeat, reap the dead.
+
+The worker holds no SQL (that is :mod:`.store`) and knows nothing of DVC. Time comes
+from an injectable ``clock`` so tests of heartbeats and expiry never sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from lauf_dvc.config import SchedulerSettings
+from lauf_dvc.errors import FailurePolicyStop, LaufError
+from lauf_dvc.scheduler.locks import LockSet
+from lauf_dvc.scheduler.store import Claimed, Store, TaskSpec, requirements_key
+from lauf_dvc.states import TaskState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Fingerprint = str | Callable[[], str] | None
+
+#: Idle polling backoff (seconds): start fast so a freed dependency is picked up at once.
+MIN_BACKOFF = 0.005
+MAX_BACKOFF = 0.2
+
+
+@dataclass(frozen=True)
+class Task(Generic[T]):
+    """A unit of work in a DAG.
+
+    ``fingerprint`` is a string, or a zero-argument callable evaluated when the task is
+    claimed (so it may read files its upstream just wrote); with fingerprints enabled a
+    completed task whose fingerprint changed runs again, and so does everything downstream.
+    ``retries`` overrides the worker's ``max_failed_retries`` for this task.
+    """
+
+    id: str
+    data: T | None = None
+    dependencies: tuple[str, ...] = ()
+    requirements: frozenset[str] = frozenset()
+    fingerprint: Fingerprint = field(default=None, compare=False)
+    max_workers: int = 1
+    priority: int = 0
+    retries: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dependencies", tuple(sorted(set(self.dependencies))))
+        object.__setattr__(self, "requirements", frozenset(self.requirements))
+        if self.max_workers < 1:
+            raise ValueError(f"task {self.id!r}: max_workers must be at least 1")
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(
+            id=self.id,
+            dependencies=self.dependencies,
+            requirements=requirements_key(self.requirements),
+            max_workers=self.max_workers,
+            priority=self.priority,
+            retries=self.retries,
+        )
+
+
+def default_identifier() -> str:
+    return os.environ.get("LAUF_DVC_IDENTIFIER") or (
+        f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    )
+
+
+def evaluate(fingerprint: Fingerprint) -> str | None:
+    return fingerprint() if callable(fingerprint) else fingerprint
+
+
+class Worker(Generic[T]):
+    """The claim/complete protocol of one worker over a set of tasks.
+
+    Use :meth:`start`, then :meth:`next_task` until it returns None, then :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task[T]],
+        store: Store,
+        settings: SchedulerSettings,
+        *,
+        identifier: str,
+        labels: frozenset[str],
+        locks: LockSet,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tasks = tasks
+        self.store = store
+        self.settings = settings
+        self.identifier = identifier
+        self.labels = labels
+        self.locks = locks
+        self.clock = clock
+        keys = {requirements_key(t.requirements) for t in tasks.values()}
+        self.allowed: Sequence[str] = sorted(
+            k for k in keys if set(filter(None, k.split(","))) <= labels
+        )
+        self._join = any(t.max_workers > 1 for t in tasks.values())
+        self._heartbeat: _Heartbeat | None = None
+        self._claimed: Claimed | None = None
+        self._fingerprint: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Register, reap the dead, sync the graph and invalidate what changed.
+
+        Returns the ids this call invalidated (empty with fingerprints off).
+        """
+        now = self.clock()
+        self.store.register_worker(
+            self.identifier,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            labels=requirements_key(self.labels),
+            timeout=self.settings.heartbeat_timeout,
+            now=now,
+        )
+        self.reap()
+        self.store.sync_graph(
+            [t.spec() for t in self.tasks.values()], now=now, worker=self.identifier
+        )
+        invalidated = self.check_fingerprints() if self.settings.enable_fingerprints else []
+        self._heartbeat = _Heartbeat(self)
+        self._heartbeat.start()
+        return invalidated
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.halt()
+            self._heartbeat = None
+        try:
+            self.store.worker_offline(self.identifier, now=self.clock())
+        finally:
+            self.store.dispose()
+
+    def reap(self) -> list[str]:
+        return self.store.reap(
+            now=self.clock(),
+            reaper=self.identifier,
+            max_killed_retries=self.settings.max_killed_retries,
+        )
+
+    # -- fingerprints --------------------------------------------------------------------
+
+    def check_fingerprints(self) -> list[str]:
+        """Invalidate every completed task whose fingerprint changed, and its downstream."""
+        changes: dict[str, tuple[str | None, str | None, str]] = {}
+        baselines: dict[str, str] = {}
+        for task_id, last in self.store.completed_fingerprints().items():
+            task = self.tasks.get(task_id)
+            if task is None or task.fingerprint is None:
+                continue
+            try:
+                current = evaluate(task.fingerprint)
+            except Exception as exc:  # a user callable: its failure is a reason, not a crash
+                changes[task_id] = (last, None, f"fingerprint could not be computed: {exc}")
+                continue
+            if last is None:  # completed while fingerprints were off: adopt as baseline
+                baselines[task_id] = current or ""
+            elif current != last:
+                changes[task_id] = (
+                    last,
+                    current,
+                    f"fingerprint changed {last[:12]} -> {(current or '')[:12]}",
+                )
+        if baselines:
+            self.store.set_baselines(baselines)
+        if not changes:
+            return []
+        return self.store.invalidate(changes, now=self.clock(), worker=self.identifier)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def next_task(
+        self, *, finished: bool, stop: Callable[[], bool] = lambda: False
+    ) -> Task[T] | None:
+        """Complete the task handed out last (if ``finished``) and hand out the next one.
+
+        Waits (with backoff) while the remaining tasks are blocked by tasks running
+        elsewhere; returns None when nothing this worker may run remains.
+        """
+        backoff = MIN_BACKOFF
+        claimed: Claimed | None = None
+        if finished and self._claimed is not None:
+            claimed = self._complete_current(claim_next=not stop())
+        while True:
+            if claimed is None:
+                if stop():
+                    return None
+                self._check_policy()
+                claimed = self.store.claim(
+                    self.identifier, allowed=self.allowed, now=self.clock(), join=self._join
+                )
+            if claimed is None:
+                if not self.store.has_unfinished(self.allowed):
+                    return None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = MIN_BACKOFF
+            task = self._prepare(claimed)
+            if task is not None:
+                return task
+            claimed = None
+
+    def fail_current(self, reason: str, info: dict[str, Any] | None = None) -> None:
+        """The task handed out last failed (retried within the budget)."""
+        if self._claimed is None:
+            return
+        claimed, self._claimed = self._claimed, None
+        self.store.fail(
+            claimed.id,
+            self.identifier,
+            now=self.clock(),
+            reason=reason,
+            budget=self.settings.max_failed_retries,
+            info=info,
+            fingerprint=self._fingerprint,
+        )
+
+    def _complete_current(self, *, claim_next: bool) -> Claimed | None:
+        claimed, self._claimed = self._claimed, None
+        assert claimed is not None
+        if claim_next and self.settings.failure_policy != "stop":
+            _, nxt = self.store.complete_and_claim(
+                claimed.id,
+                self.identifier,
+                now=self.clock(),
+                fingerprint=self._fingerprint,
+                allowed=self.allowed,
+                join=self._join,
+            )
+            return nxt
+        self.store.complete(
+            claimed.id, self.identifier, now=self.clock(), fingerprint=self._fingerprint
+        )
+        return None
+
+    def _prepare(self, claimed: Claimed) -> Task[T] | None:
+        """Fingerprint a claimed task; complete it at once on early cutoff. None = skip it."""
+        self._claimed = claimed
+        self._fingerprint = None
+        task = self.tasks.get(claimed.id)
+        if task is None:
+            self.fail_current(
+                f"task unknown to worker {self.identifier}: give every worker the same tasks"
+            )
+            return None
+        if not self.settings.enable_fingerprints or task.fingerprint is None:
+            return task
+        try:
+            self._fingerprint = evaluate(task.fingerprint)
+        except Exception as exc:
+            self.fail_current(f"fingerprint could not be computed: {exc}")
+            return None
+        if (
+            claimed.previous == TaskState.INVALIDATED
+            and not claimed.joined
+            and self._fingerprint is not None
+            and self._fingerprint == claimed.last_fingerprint
+        ):
+            self._claimed = None
+            self.store.complete(
+                claimed.id,
+                self.identifier,
+                now=self.clock(),
+                fingerprint=self._fingerprint,
+                reason="early cutoff: fingerprint unchanged",
+            )
+            return None
+        return task
+
+    def _check_policy(self) -> None:
+        if self.settings.failure_policy == "stop":
+            failed = self.store.failed()
+            if failed:
+                raise FailurePolicyStop(failed)
+
+
+class _Heartbeat(threading.Thread):
+    """Proves the worker alive, refreshes its locks, and reaps dead workers."""
+
+    def __init__(self, worker: Worker[Any]) -> None:
+        super().__init__(name=f"lauf-heartbeat-{worker.identifier}", daemon=True)
+        self.worker = worker
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        w = self.worker
+        while not self._halt.wait(w.settings.heartbeat_interval):
+            try:
+                alive = w.store.heartbeat(
+                    w.identifier, timeout=w.settings.heartbeat_timeout, now=w.clock()
+                )
+                if not alive:  # we were presumed dead (suspended?): come back to life
+                    log.error(
+                        "worker %s was presumed dead; its running task was retried elsewhere",
+                        w.identifier,
+                    )
+                    w.store.revive_worker(
+                        w.identifier, timeout=w.settings.heartbeat_timeout, now=w.clock()
+                    )
+                w.locks.refresh_held()
+                w.reap()
+            except LaufError as exc:  # a flaky database must not kill the worker
+                log.warning("heartbeat of %s failed: %s", w.identifier, exc)
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join()

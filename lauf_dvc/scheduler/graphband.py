@@ -126,6 +126,7 @@ class Graphband(Generic[T]):
         """
         if self.disabled:
             return False
+        self._worker.sync()  # so that it is true before the first iteration too
         return self._store.has_unfinished(self._worker.allowed)
 
     def close(self) -> None:

@@ -54,6 +54,8 @@ tasks = Table(
     Column("sealed", Integer, nullable=False),  # 1 once a worker finished it: nobody joins
     Column("fingerprint", Text),  # evaluated at the latest claim
     Column("last_fingerprint", Text),  # the one it last completed with
+    Column("built_at", Integer),  # event id of its last completion (ran or cut off)
+    Column("changed_at", Integer),  # event id of the last completion where it really ran
     Column("failed_count", Integer, nullable=False),
     Column("killed_count", Integer, nullable=False),
     Column("reason", Text),  # why it is in its current state

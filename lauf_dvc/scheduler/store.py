@@ -258,12 +258,13 @@ class Store:
 
     def complete(
         self, task_id: str, worker: str, *, now: float, fingerprint: str | None,
-        reason: str | None = None,
+        reason: str | None = None, ran: bool = True,
     ) -> bool:  # fmt: skip
-        """Record that ``worker`` finished ``task_id``. False if its claim had been lost."""
+        """Record that ``worker`` finished ``task_id`` (``ran=False``: early cutoff).
+        False if its claim had been lost."""
         with self.write() as conn:
             return txn.complete(
-                conn, task_id, worker, now=now, fingerprint=fingerprint, reason=reason
+                conn, task_id, worker, now=now, fingerprint=fingerprint, reason=reason, ran=ran
             )
 
     def complete_and_claim(
@@ -290,7 +291,7 @@ class Store:
         """``{task id: fingerprint it last completed with}`` for every completed task."""
         q = select(tasks.c.id, tasks.c.last_fingerprint).where(tasks.c.state == S.COMPLETED.value)
         with self.read() as conn:
-            return dict(conn.execute(q).tuples().all())
+            return {r[0]: r[1] for r in conn.execute(q)}
 
     def set_baselines(self, fingerprints: dict[str, str]) -> None:
         """Record a first fingerprint for completed tasks that have none (they completed
@@ -328,7 +329,9 @@ class Store:
                 txn.transition(
                     conn, task_id, S.COMPLETED, S.INVALIDATED, now=now, worker=worker,
                     reason=reason, fingerprint=current,
-                    values={"last_fingerprint": None} if forget_fingerprint else None,
+                    values={"last_fingerprint": None, "built_at": None}
+                    if forget_fingerprint
+                    else None,
                 )  # fmt: skip
                 hit.append(task_id)
             for root in list(hit):
@@ -351,6 +354,7 @@ class Store:
                 fingerprint=fingerprint,
                 values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
             )  # fmt: skip
+            txn.mark_built(conn, task_id, ran=False)
             return True
 
     def force(
@@ -450,7 +454,9 @@ class Store:
 
     def workers(self) -> list[dict[str, Any]]:
         with self.read() as conn:
-            held = dict(conn.execute(select(assignments.c.worker, assignments.c.task)).tuples())
+            held = {
+                r[0]: r[1] for r in conn.execute(select(assignments.c.worker, assignments.c.task))
+            }
             rows = conn.execute(select(workers).order_by(workers.c.started)).all()
         return [dict(r._mapping, task=held.get(r.id)) for r in rows]
 

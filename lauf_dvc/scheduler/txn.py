@@ -44,6 +44,7 @@ class Claimed:
     previous: TaskState
     last_fingerprint: str | None
     joined: bool = False  # another worker already runs it (max_workers > 1)
+    inputs_unchanged: bool = False  # re-run, and no dependency ran since it last completed
 
 
 def transition(
@@ -129,8 +130,28 @@ def claim(
     rows.sort(key=lambda r: (r.state != S.RUNNING, -r.priority, r.seq))
     for row in rows:
         if _take(conn, row, worker, now):
-            return Claimed(row.id, S(row.state), row.last_fingerprint, row.state == S.RUNNING)
+            unchanged = row.state == S.INVALIDATED and not _inputs_changed(conn, row.id)
+            return Claimed(
+                row.id, S(row.state), row.last_fingerprint, row.state == S.RUNNING, unchanged
+            )
     return None
+
+
+def _inputs_changed(conn: Connection, task_id: str) -> bool:
+    """Has any dependency really run since ``task_id`` last completed (or is that unknown)?"""
+    me = tasks.alias("me")
+    dep = tasks.alias("dep")
+    q = (
+        select(me.c.id)
+        .select_from(me.join(edges, edges.c.task == me.c.id).join(dep, dep.c.id == edges.c.dep))
+        .where(
+            me.c.id == task_id,
+            me.c.built_at.is_(None) | (func.coalesce(dep.c.changed_at, 0) > me.c.built_at),
+        )
+        .limit(1)
+    )
+    built = conn.execute(select(tasks.c.built_at).where(tasks.c.id == task_id)).scalar()
+    return built is None or conn.execute(q).first() is not None
 
 
 def _take(conn: Connection, row: Any, worker: str, now: float) -> bool:
@@ -173,8 +194,12 @@ def complete(
     now: float,
     fingerprint: str | None,
     reason: str | None = None,
+    ran: bool = True,
 ) -> bool:
-    """``worker`` finished ``task_id``. False if its claim was lost (it was presumed dead)."""
+    """``worker`` finished ``task_id``. False if its claim was lost (it was presumed dead).
+
+    ``ran=False`` records an early cutoff: downstream tasks need not run because of it.
+    """
     if not _release(conn, task_id, worker):
         return False
     row = conn.execute(select(tasks.c.running, tasks.c.state).where(tasks.c.id == task_id)).one()
@@ -196,7 +221,16 @@ def complete(
         fingerprint=fingerprint,
         values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None),
     )
+    mark_built(conn, task_id, ran=ran)
     return True
+
+
+def mark_built(conn: Connection, task_id: str, *, ran: bool) -> None:
+    """Stamp a completion with its event id (a clock every database agrees on)."""
+    stamps = {"built_at": tasks.c.event_id}
+    if ran:
+        stamps["changed_at"] = tasks.c.event_id
+    conn.execute(update(tasks).where(tasks.c.id == task_id).values(**stamps))
 
 
 def _release(conn: Connection, task_id: str, worker: str) -> bool:
@@ -379,7 +413,7 @@ def _insert_tasks(
 
 
 def _sync_edges(conn: Connection, specs: Sequence[TaskSpec]) -> bool:
-    have = set(conn.execute(select(edges.c.task, edges.c.dep)).tuples())
+    have = set(tuple(r) for r in conn.execute(select(edges.c.task, edges.c.dep)))
     want = {(s.id, d) for s in specs for d in s.dependencies}
     for task_id, dep in have - want:
         conn.execute(delete(edges).where(edges.c.task == task_id, edges.c.dep == dep))

@@ -128,13 +128,16 @@ class Worker(Generic[T]):
             now=now,
         )
         self.reap()
-        self.store.sync_graph(
-            [t.spec() for t in self.tasks.values()], now=now, worker=self.identifier
-        )
+        self.sync()
         invalidated = self.check_fingerprints() if self.settings.enable_fingerprints else []
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
         return invalidated
+
+    def sync(self) -> bool:
+        """Make the stored graph this worker's tasks (idempotent; a hash compare if equal)."""
+        specs = [t.spec() for t in self.tasks.values()]
+        return self.store.sync_graph(specs, now=self.clock(), worker=self.identifier)
 
     def stop(self) -> None:
         if self._heartbeat is not None:
@@ -258,29 +261,31 @@ class Worker(Generic[T]):
                 f"task unknown to worker {self.identifier}: give every worker the same tasks"
             )
             return None
-        if not self.settings.enable_fingerprints or task.fingerprint is None:
+        if not self.settings.enable_fingerprints:
             return task
-        try:
-            self._fingerprint = evaluate(task.fingerprint)
-        except Exception as exc:
-            self.fail_current(f"fingerprint could not be computed: {exc}")
-            return None
-        if (
-            claimed.previous == TaskState.INVALIDATED
-            and not claimed.joined
-            and self._fingerprint is not None
-            and self._fingerprint == claimed.last_fingerprint
-        ):
-            self._claimed = None
-            self.store.complete(
-                claimed.id,
-                self.identifier,
-                now=self.clock(),
-                fingerprint=self._fingerprint,
-                reason="early cutoff: fingerprint unchanged",
-            )
-            return None
-        return task
+        cutoff = None
+        if task.fingerprint is not None:
+            try:
+                self._fingerprint = evaluate(task.fingerprint)
+            except Exception as exc:
+                self.fail_current(f"fingerprint could not be computed: {exc}")
+                return None
+            if self._fingerprint is not None and self._fingerprint == claimed.last_fingerprint:
+                cutoff = "early cutoff: fingerprint unchanged"
+        elif claimed.inputs_unchanged:
+            cutoff = "early cutoff: no dependency changed"
+        if cutoff is None or claimed.previous != TaskState.INVALIDATED or claimed.joined:
+            return task
+        self._claimed = None
+        self.store.complete(
+            claimed.id,
+            self.identifier,
+            now=self.clock(),
+            fingerprint=self._fingerprint,
+            reason=cutoff,
+            ran=False,
+        )
+        return None
 
     def _check_policy(self) -> None:
         if self.settings.failure_policy == "stop":

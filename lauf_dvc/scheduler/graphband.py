@@ -86,10 +86,9 @@ class Graphband(Generic[T]):
         self.db = db
         self.identifier = identifier or default_identifier()
         self.labels = frozenset(labels)
-        self._store = Store(db)
+        self._store = Store(db) if clock is None else Store(db, clock=clock)
         lifetime = self.settings.heartbeat_timeout
         self._locks = LockSet(lock_dir(db) if lock_path is None else Path(lock_path), lifetime)
-        extra = {} if clock is None else {"clock": clock}
         self._worker = Worker(
             self._tasks,
             self._store,
@@ -97,7 +96,6 @@ class Graphband(Generic[T]):
             identifier=self.identifier,
             labels=self.labels,
             locks=self._locks,
-            **extra,
         )
         self._closing = False
         self._running = False

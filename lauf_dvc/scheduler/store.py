@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from lauf_dvc.scheduler.schema import (
     tasks,
     workers,
 )
-from lauf_dvc.scheduler.txn import Claimed, TaskSpec
+from lauf_dvc.scheduler.txn import Claimed, Now, TaskSpec, at
 from lauf_dvc.states import CLAIMABLE, TaskState
 
 S = TaskState
@@ -84,10 +85,17 @@ def graph_hash(specs: Sequence[TaskSpec]) -> str:
 class Store:
     """A handle on one scheduler database. Cheap to create; connects on first use."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str, *, engine: Engine | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.url = url
+        self.clock = clock
         self._engine = engine
         self._schema_checked = False
+
+    def _now(self, now: float | None) -> Now:
+        """An explicit time (tests), else the clock, read when the row is written."""
+        return self.clock if now is None else now
 
     # -- connections -------------------------------------------------------------------
 
@@ -156,13 +164,26 @@ class Store:
     # -- workers -----------------------------------------------------------------------
 
     def register_worker(
-        self, worker_id: str, *, host: str, pid: int, labels: str, timeout: float, now: float
+        self,
+        worker_id: str,
+        *,
+        host: str,
+        pid: int,
+        labels: str,
+        timeout: float,
+        now: float | None = None,
     ) -> None:
         """Add a worker, or revive an offline/dead one; a live one of that id is an error."""
+        now = at(self._now(now))
         values = dict(
-            host=host, pid=pid, labels=labels, state="alive", started=now,
-            heartbeat=now, expires=now + timeout,
-        )  # fmt: skip
+            host=host,
+            pid=pid,
+            labels=labels,
+            state="alive",
+            started=now,
+            heartbeat=now,
+            expires=now + timeout,
+        )
         with self.write() as conn:
             row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
             if row is None:
@@ -175,8 +196,9 @@ class Store:
             else:
                 conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
 
-    def heartbeat(self, worker_id: str, *, timeout: float, now: float) -> bool:
+    def heartbeat(self, worker_id: str, *, timeout: float, now: float | None = None) -> bool:
         """Prove ``worker_id`` alive. False if it was presumed dead and reaped meanwhile."""
+        now = at(self._now(now))
         with self.write() as conn:
             res = conn.execute(
                 update(workers)
@@ -185,8 +207,9 @@ class Store:
             )
             return res.rowcount == 1
 
-    def revive_worker(self, worker_id: str, *, timeout: float, now: float) -> None:
+    def revive_worker(self, worker_id: str, *, timeout: float, now: float | None = None) -> None:
         """A worker presumed dead shows it is not: alive again (its old claims stay lost)."""
+        now = at(self._now(now))
         with self.write() as conn:
             conn.execute(
                 update(workers)
@@ -194,7 +217,8 @@ class Store:
                 .values(state="alive", heartbeat=now, expires=now + timeout)
             )
 
-    def worker_offline(self, worker_id: str, *, now: float) -> None:
+    def worker_offline(self, worker_id: str, *, now: float | None = None) -> None:
+        now = at(self._now(now))
         with self.write() as conn:
             conn.execute(
                 update(workers)
@@ -202,11 +226,14 @@ class Store:
                 .values(state="offline", heartbeat=now)
             )
 
-    def reap(self, *, now: float, reaper: str | None, max_killed_retries: int) -> list[str]:
+    def reap(
+        self, *, now: float | None = None, reaper: str | None, max_killed_retries: int
+    ) -> list[str]:
         """Declare workers whose heartbeat expired dead; their running tasks become killed.
 
         Killed tasks within ``max_killed_retries`` go back to pending. Returns the killed ids.
         """
+        now = at(self._now(now))
         expired = select(workers.c.id).where(workers.c.state == "alive", workers.c.expires < now)
         with self.read() as conn:  # cheap and indexed: most calls find nothing
             if conn.execute(expired.limit(1)).first() is None:
@@ -219,15 +246,23 @@ class Store:
                 for task_id in conn.execute(held).scalars().all():
                     reason = f"worker {dead} stopped sending heartbeats"
                     if txn.leave(
-                        conn, task_id, dead, S.KILLED, now=now, reason=reason,
-                        worker=reaper, budget=max_killed_retries,
-                    ):  # fmt: skip
+                        conn,
+                        task_id,
+                        dead,
+                        S.KILLED,
+                        now=self._now(now),
+                        reason=reason,
+                        worker=reaper,
+                        budget=max_killed_retries,
+                    ):
                         killed.append(task_id)
         return killed
 
     # -- the graph and its tasks ---------------------------------------------------------
 
-    def sync_graph(self, specs: Sequence[TaskSpec], *, now: float, worker: str | None) -> bool:
+    def sync_graph(
+        self, specs: Sequence[TaskSpec], *, now: float | None = None, worker: str | None
+    ) -> bool:
         """Make the stored graph equal to ``specs``; idempotent, safe for many workers at once.
 
         New tasks become pending; tasks no longer in ``specs`` are removed (unless running).
@@ -238,13 +273,13 @@ class Store:
             row = conn.execute(select(meta.c.value).where(meta.c.key == "graph_hash")).first()
             if row is not None and row[0] == digest:
                 return False
-            changed = txn.sync(conn, specs, now=now, worker=worker)
+            changed = txn.sync(conn, specs, now=self._now(now), worker=worker)
             conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
             conn.execute(insert(meta).values(key="graph_hash", value=digest))
             return changed
 
     def claim(
-        self, worker: str, *, allowed: Sequence[str], now: float, join: bool = False
+        self, worker: str, *, allowed: Sequence[str], now: float | None = None, join: bool = False
     ) -> Claimed | None:
         """Take the ready task of highest priority (FIFO among equals), or None.
 
@@ -254,38 +289,71 @@ class Store:
             if not any(conn.execute(q).first() for q in txn.candidates(allowed, join)):
                 return None
         with self.write() as conn:
-            return txn.claim(conn, worker, allowed=allowed, now=now, join=join)
+            return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
 
     def complete(
-        self, task_id: str, worker: str, *, now: float, fingerprint: str | None,
-        reason: str | None = None, ran: bool = True,
-    ) -> bool:  # fmt: skip
+        self,
+        task_id: str,
+        worker: str,
+        *,
+        now: float | None = None,
+        fingerprint: str | None,
+        reason: str | None = None,
+        ran: bool = True,
+    ) -> bool:
         """Record that ``worker`` finished ``task_id`` (``ran=False``: early cutoff).
         False if its claim had been lost."""
         with self.write() as conn:
             return txn.complete(
-                conn, task_id, worker, now=now, fingerprint=fingerprint, reason=reason, ran=ran
+                conn,
+                task_id,
+                worker,
+                now=self._now(now),
+                fingerprint=fingerprint,
+                reason=reason,
+                ran=ran,
             )
 
     def complete_and_claim(
-        self, task_id: str, worker: str, *, now: float, fingerprint: str | None,
-        allowed: Sequence[str], join: bool = False,
-    ) -> tuple[bool, Claimed | None]:  # fmt: skip
+        self,
+        task_id: str,
+        worker: str,
+        *,
+        now: float | None = None,
+        fingerprint: str | None,
+        allowed: Sequence[str],
+        join: bool = False,
+    ) -> tuple[bool, Claimed | None]:
         """:meth:`complete` then :meth:`claim` in one transaction: one commit per task."""
         with self.write() as conn:
-            kept = txn.complete(conn, task_id, worker, now=now, fingerprint=fingerprint)
-            return kept, txn.claim(conn, worker, allowed=allowed, now=now, join=join)
+            kept = txn.complete(conn, task_id, worker, now=self._now(now), fingerprint=fingerprint)
+            return kept, txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
 
     def fail(
-        self, task_id: str, worker: str, *, now: float, reason: str, budget: int,
-        info: dict[str, Any] | None = None, fingerprint: str | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        task_id: str,
+        worker: str,
+        *,
+        now: float | None = None,
+        reason: str,
+        budget: int,
+        info: dict[str, Any] | None = None,
+        fingerprint: str | None = None,
+    ) -> bool:
         """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``."""
         with self.write() as conn:
             return txn.leave(
-                conn, task_id, worker, S.FAILED, now=now, reason=reason, worker=worker,
-                budget=budget, info=info, fingerprint=fingerprint,
-            )  # fmt: skip
+                conn,
+                task_id,
+                worker,
+                S.FAILED,
+                now=self._now(now),
+                reason=reason,
+                worker=worker,
+                budget=budget,
+                info=info,
+                fingerprint=fingerprint,
+            )
 
     def completed_fingerprints(self) -> dict[str, str | None]:
         """``{task id: fingerprint it last completed with}`` for every completed task."""
@@ -309,9 +377,13 @@ class Store:
             conn.execute(q, [{"tid": k, "fp": v} for k, v in fingerprints.items()])
 
     def invalidate(
-        self, changes: dict[str, tuple[str | None, str | None, str]], *, now: float,
-        worker: str | None, forget_fingerprint: bool = False,
-    ) -> list[str]:  # fmt: skip
+        self,
+        changes: dict[str, tuple[str | None, str | None, str]],
+        *,
+        now: float | None = None,
+        worker: str | None,
+        forget_fingerprint: bool = False,
+    ) -> list[str]:
         """Invalidate completed tasks and, transitively, every completed task downstream.
 
         ``changes`` maps a task id to ``(last fingerprint seen, current fingerprint, reason)``.
@@ -327,22 +399,39 @@ class Store:
                 if row is None or row.state != S.COMPLETED or row.last_fingerprint != seen:
                     continue
                 txn.transition(
-                    conn, task_id, S.COMPLETED, S.INVALIDATED, now=now, worker=worker,
-                    reason=reason, fingerprint=current,
+                    conn,
+                    task_id,
+                    S.COMPLETED,
+                    S.INVALIDATED,
+                    now=self._now(now),
+                    worker=worker,
+                    reason=reason,
+                    fingerprint=current,
                     values={"last_fingerprint": None, "built_at": None}
                     if forget_fingerprint
                     else None,
-                )  # fmt: skip
+                )
                 hit.append(task_id)
             for root in list(hit):
                 hit += txn.cascade(
-                    conn, root, S.INVALIDATED, now=now, worker=worker,
-                    reason=f"upstream {root} invalidated", only=[S.COMPLETED],
-                )  # fmt: skip
+                    conn,
+                    root,
+                    S.INVALIDATED,
+                    now=self._now(now),
+                    worker=worker,
+                    reason=f"upstream {root} invalidated",
+                    only=[S.COMPLETED],
+                )
         return hit
 
     def adopt_completed(
-        self, task_id: str, *, fingerprint: str | None, now: float, worker: str | None, reason: str
+        self,
+        task_id: str,
+        *,
+        fingerprint: str | None,
+        now: float | None = None,
+        worker: str | None,
+        reason: str,
     ) -> bool:
         """Mark a pending/invalidated task completed without running it (found up to date)."""
         with self.write() as conn:
@@ -350,15 +439,26 @@ class Store:
             if state not in CLAIMABLE:
                 return False
             txn.transition(
-                conn, task_id, S(state), S.COMPLETED, now=now, worker=worker, reason=reason,
+                conn,
+                task_id,
+                S(state),
+                S.COMPLETED,
+                now=self._now(now),
+                worker=worker,
+                reason=reason,
                 fingerprint=fingerprint,
                 values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
-            )  # fmt: skip
+            )
             txn.mark_built(conn, task_id, ran=False)
             return True
 
     def force(
-        self, task_ids: Sequence[str], *, now: float, worker: str | None, reason: str = "forced"
+        self,
+        task_ids: Sequence[str],
+        *,
+        now: float | None = None,
+        worker: str | None,
+        reason: str = "forced",
     ) -> list[str]:
         """Invalidate completed tasks so they run again even with an unchanged fingerprint."""
         q = select(tasks.c.id, tasks.c.last_fingerprint).where(
@@ -369,9 +469,13 @@ class Store:
         return self.invalidate(changes, now=now, worker=worker, forget_fingerprint=True)
 
     def reset(
-        self, task_ids: Sequence[str] | None = None, *, now: float, worker: str | None = None,
+        self,
+        task_ids: Sequence[str] | None = None,
+        *,
+        now: float | None = None,
+        worker: str | None = None,
         reason: str = "reset by user",
-    ) -> list[str]:  # fmt: skip
+    ) -> list[str]:
         """Put failed/killed tasks (all, or those named) back to pending with fresh retry
         budgets, and the upstream_failed tasks they held back unless another failure still
         does. Returns the ids that became pending."""
@@ -382,16 +486,27 @@ class Store:
         with self.write() as conn:
             for row in conn.execute(q).all():
                 txn.transition(
-                    conn, row.id, S(row.state), S.PENDING, now=now, worker=worker,
-                    reason=reason, values=dict(failed_count=0, killed_count=0),
-                )  # fmt: skip
+                    conn,
+                    row.id,
+                    S(row.state),
+                    S.PENDING,
+                    now=self._now(now),
+                    worker=worker,
+                    reason=reason,
+                    values=dict(failed_count=0, killed_count=0),
+                )
                 done.append(row.id)
                 for task_id, state in txn.downstream(conn, row.id):
                     if state == S.UPSTREAM_FAILED and not txn.held_back(conn, task_id):
                         txn.transition(
-                            conn, task_id, S.UPSTREAM_FAILED, S.PENDING, now=now,
-                            worker=worker, reason=f"{reason} (upstream {row.id})",
-                        )  # fmt: skip
+                            conn,
+                            task_id,
+                            S.UPSTREAM_FAILED,
+                            S.PENDING,
+                            now=self._now(now),
+                            worker=worker,
+                            reason=f"{reason} (upstream {row.id})",
+                        )
                         done.append(task_id)
         return done
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,14 @@ from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
 
 log = logging.getLogger(__name__)
 S = TaskState
+
+#: A time, or a clock read at the moment a row is written (so that a claim that waited
+#: for the write lock is stamped after the completion it waited for).
+Now = float | Callable[[], float]
+
+
+def at(now: Now) -> float:
+    return now() if callable(now) else now
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ def transition(
     expected: TaskState,
     new: TaskState,
     *,
-    now: float,
+    now: Now,
     worker: str | None,
     reason: str | None,
     fingerprint: str | None = None,
@@ -61,6 +69,7 @@ def transition(
 ) -> None:
     """The one way a task changes state: checked, conditional on ``expected``, logged."""
     check_transition(task_id, expected, new)
+    now = at(now)
     event = insert(events).values(
         task_id=task_id,
         state=new.value,
@@ -119,7 +128,7 @@ def candidates(allowed: Sequence[str], join: bool) -> list[Any]:
 
 
 def claim(
-    conn: Connection, worker: str, *, allowed: Sequence[str], now: float, join: bool
+    conn: Connection, worker: str, *, allowed: Sequence[str], now: Now, join: bool
 ) -> Claimed | None:
     rows = []
     for q in candidates(allowed, join):
@@ -154,7 +163,8 @@ def _inputs_changed(conn: Connection, task_id: str) -> bool:
     return built is None or conn.execute(q).first() is not None
 
 
-def _take(conn: Connection, row: Any, worker: str, now: float) -> bool:
+def _take(conn: Connection, row: Any, worker: str, now: Now) -> bool:
+    now = at(now)
     if row.state == S.RUNNING:  # join a task that allows several workers
         mine = select(assignments.c.task).where(
             assignments.c.task == row.id, assignments.c.worker == worker
@@ -191,7 +201,7 @@ def complete(
     task_id: str,
     worker: str,
     *,
-    now: float,
+    now: Now,
     fingerprint: str | None,
     reason: str | None = None,
     ran: bool = True,
@@ -251,7 +261,7 @@ def leave(
     holder: str,
     state: TaskState,
     *,
-    now: float,
+    now: Now,
     reason: str | None,
     worker: str | None,
     budget: int,
@@ -278,17 +288,29 @@ def leave(
         budget = row.retries
     values = {"running": 0, count_col: count + 1, "info": json.dumps(info) if info else None}
     transition(
-        conn, task_id, S.RUNNING, state, now=now, worker=worker, reason=reason,
-        fingerprint=fingerprint, values=values,
-    )  # fmt: skip
+        conn,
+        task_id,
+        S.RUNNING,
+        state,
+        now=now,
+        worker=worker,
+        reason=reason,
+        fingerprint=fingerprint,
+        values=values,
+    )
     if count < budget:
         retry = f"retry {count + 1} of {budget} after: {reason}"
         transition(conn, task_id, state, S.PENDING, now=now, worker=worker, reason=retry)
     else:
         cascade(
-            conn, task_id, S.UPSTREAM_FAILED, now=now, worker=worker,
-            reason=f"upstream {task_id} {state.value}", only=CLAIMABLE,
-        )  # fmt: skip
+            conn,
+            task_id,
+            S.UPSTREAM_FAILED,
+            now=now,
+            worker=worker,
+            reason=f"upstream {task_id} {state.value}",
+            only=CLAIMABLE,
+        )
     return True
 
 
@@ -329,7 +351,7 @@ def cascade(
     root: str,
     new: TaskState,
     *,
-    now: float,
+    now: Now,
     worker: str | None,
     reason: str,
     only: Iterable[TaskState],
@@ -344,7 +366,7 @@ def cascade(
     return hit
 
 
-def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: float, worker: str | None) -> bool:
+def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: Now, worker: str | None) -> bool:
     """Make the stored graph equal to ``specs``. True if anything changed."""
     existing = {
         r.id: r
@@ -370,9 +392,13 @@ def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: float, worker: str
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == s.id)
-                .values(requirements=s.requirements, max_workers=s.max_workers,
-                        priority=s.priority, retries=s.retries)
-            )  # fmt: skip
+                .values(
+                    requirements=s.requirements,
+                    max_workers=s.max_workers,
+                    priority=s.priority,
+                    retries=s.retries,
+                )
+            )
     if removed:
         conn.execute(update(tasks).where(tasks.c.id.in_(removed)).values(event_id=None))
         conn.execute(delete(events).where(events.c.task_id.in_(removed)))
@@ -386,18 +412,31 @@ def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: float, worker: str
 
 
 def _insert_tasks(
-    conn: Connection, new: Sequence[TaskSpec], *, now: float, worker: str | None
+    conn: Connection, new: Sequence[TaskSpec], *, now: Now, worker: str | None
 ) -> None:
     if not new:
         return
+    now = at(now)
     seq0 = conn.execute(select(func.coalesce(func.max(tasks.c.seq), 0))).scalar_one()
     rows = [
-        dict(id=s.id, seq=seq0 + i + 1, state=S.PENDING.value, waiting=0,
-             requirements=s.requirements, max_workers=s.max_workers, priority=s.priority,
-             retries=s.retries, running=0, sealed=0, failed_count=0, killed_count=0,
-             reason="new task", updated=now)
+        dict(
+            id=s.id,
+            seq=seq0 + i + 1,
+            state=S.PENDING.value,
+            waiting=0,
+            requirements=s.requirements,
+            max_workers=s.max_workers,
+            priority=s.priority,
+            retries=s.retries,
+            running=0,
+            sealed=0,
+            failed_count=0,
+            killed_count=0,
+            reason="new task",
+            updated=now,
+        )
         for i, s in enumerate(new)
-    ]  # fmt: skip
+    ]
     conn.execute(insert(tasks), rows)
     conn.execute(
         insert(events),

@@ -1,7 +1,7 @@
 """One worker: register, sync the graph, claim -> run -> complete, heartbeat, reap the dead.
 
 The worker holds no SQL (that is :mod:`.store`) and knows nothing of DVC. Time comes
-from an injectable ``clock`` so tests of heartbeats and expiry never sleep.
+from the store's injectable clock, so tests of heartbeats and expiry never sleep.
 """
 
 from __future__ import annotations
@@ -93,7 +93,6 @@ class Worker(Generic[T]):
         identifier: str,
         labels: frozenset[str],
         locks: LockSet,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.tasks = tasks
         self.store = store
@@ -101,7 +100,6 @@ class Worker(Generic[T]):
         self.identifier = identifier
         self.labels = labels
         self.locks = locks
-        self.clock = clock
         keys = {requirements_key(t.requirements) for t in tasks.values()}
         self.allowed: Sequence[str] = sorted(
             k for k in keys if set(filter(None, k.split(","))) <= labels
@@ -118,14 +116,12 @@ class Worker(Generic[T]):
 
         Returns the ids this call invalidated (empty with fingerprints off).
         """
-        now = self.clock()
         self.store.register_worker(
             self.identifier,
             host=socket.gethostname(),
             pid=os.getpid(),
             labels=requirements_key(self.labels),
             timeout=self.settings.heartbeat_timeout,
-            now=now,
         )
         self.reap()
         self.sync()
@@ -137,20 +133,19 @@ class Worker(Generic[T]):
     def sync(self) -> bool:
         """Make the stored graph this worker's tasks (idempotent; a hash compare if equal)."""
         specs = [t.spec() for t in self.tasks.values()]
-        return self.store.sync_graph(specs, now=self.clock(), worker=self.identifier)
+        return self.store.sync_graph(specs, worker=self.identifier)
 
     def stop(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.halt()
             self._heartbeat = None
         try:
-            self.store.worker_offline(self.identifier, now=self.clock())
+            self.store.worker_offline(self.identifier)
         finally:
             self.store.dispose()
 
     def reap(self) -> list[str]:
         return self.store.reap(
-            now=self.clock(),
             reaper=self.identifier,
             max_killed_retries=self.settings.max_killed_retries,
         )
@@ -182,7 +177,7 @@ class Worker(Generic[T]):
             self.store.set_baselines(baselines)
         if not changes:
             return []
-        return self.store.invalidate(changes, now=self.clock(), worker=self.identifier)
+        return self.store.invalidate(changes, worker=self.identifier)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -203,9 +198,7 @@ class Worker(Generic[T]):
                 if stop():
                     return None
                 self._check_policy()
-                claimed = self.store.claim(
-                    self.identifier, allowed=self.allowed, now=self.clock(), join=self._join
-                )
+                claimed = self.store.claim(self.identifier, allowed=self.allowed, join=self._join)
             if claimed is None:
                 if not self.store.has_unfinished(self.allowed):
                     return None
@@ -226,7 +219,6 @@ class Worker(Generic[T]):
         self.store.fail(
             claimed.id,
             self.identifier,
-            now=self.clock(),
             reason=reason,
             budget=self.settings.max_failed_retries,
             info=info,
@@ -240,15 +232,12 @@ class Worker(Generic[T]):
             _, nxt = self.store.complete_and_claim(
                 claimed.id,
                 self.identifier,
-                now=self.clock(),
                 fingerprint=self._fingerprint,
                 allowed=self.allowed,
                 join=self._join,
             )
             return nxt
-        self.store.complete(
-            claimed.id, self.identifier, now=self.clock(), fingerprint=self._fingerprint
-        )
+        self.store.complete(claimed.id, self.identifier, fingerprint=self._fingerprint)
         return None
 
     def _prepare(self, claimed: Claimed) -> Task[T] | None:
@@ -280,7 +269,6 @@ class Worker(Generic[T]):
         self.store.complete(
             claimed.id,
             self.identifier,
-            now=self.clock(),
             fingerprint=self._fingerprint,
             reason=cutoff,
             ran=False,
@@ -306,17 +294,13 @@ class _Heartbeat(threading.Thread):
         w = self.worker
         while not self._halt.wait(w.settings.heartbeat_interval):
             try:
-                alive = w.store.heartbeat(
-                    w.identifier, timeout=w.settings.heartbeat_timeout, now=w.clock()
-                )
+                alive = w.store.heartbeat(w.identifier, timeout=w.settings.heartbeat_timeout)
                 if not alive:  # we were presumed dead (suspended?): come back to life
                     log.error(
                         "worker %s was presumed dead; its running task was retried elsewhere",
                         w.identifier,
                     )
-                    w.store.revive_worker(
-                        w.identifier, timeout=w.settings.heartbeat_timeout, now=w.clock()
-                    )
+                    w.store.revive_worker(w.identifier, timeout=w.settings.heartbeat_timeout)
                 w.locks.refresh_held()
                 w.reap()
             except LaufError as exc:  # a flaky database must not kill the worker

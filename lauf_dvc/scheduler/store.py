@@ -286,7 +286,7 @@ class Store:
         A read comes first, so idle workers polling an empty queue take no write lock.
         """
         with self.read() as conn:
-            if not any(conn.execute(q).first() for q in txn.candidates(allowed, join)):
+            if not any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join)):
                 return None
         with self.write() as conn:
             return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)

@@ -106,7 +106,8 @@ def test_settings_come_from_the_environment(sqlite_url, monkeypatch):
     monkeypatch.setenv("LAUF_DVC_MAX_FAILED_RETRIES", "3")
     gb = Graphband(chain(1), db=sqlite_url)
     assert (gb.settings.failure_policy, gb.settings.max_failed_retries) == ("stop", 3)
-    assert Graphband(chain(1), db=sqlite_url, failure_policy="continue").settings.failure_policy == "continue"
+    explicit = Graphband(chain(1), db=sqlite_url, failure_policy="continue")
+    assert explicit.settings.failure_policy == "continue"  # an argument beats the env
     monkeypatch.setenv("LAUF_DVC_ENABLE_FINGERPRINTS", "maybe")
     with pytest.raises(ConfigError, match="LAUF_DVC_ENABLE_FINGERPRINTS"):
         Graphband(chain(1), db=sqlite_url)

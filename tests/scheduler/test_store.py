@@ -224,8 +224,8 @@ def test_foreign_tables_are_refused(tmp_path):
 
 def test_claim_is_an_index_seek(sqlite_url):
     store = make(sqlite_url, [TaskSpec(f"t{i}") for i in range(50)])
-    (query,) = txn.candidates([""], join=False)
-    compiled = query.compile(store.engine, compile_kwargs={"literal_binds": True})
+    ((query, params),) = txn.candidates([""], join=False)
+    compiled = query.params(params).compile(store.engine, compile_kwargs={"literal_binds": True})
     with store.read() as conn:
         plan = " ".join(r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
     assert "USING INDEX ix_tasks_ready" in plan and "TEMP B-TREE" not in plan, plan

@@ -121,3 +121,181 @@ class SchedulerSettings:
                 f"heartbeat_interval ({self.heartbeat_interval}) must be less than "
                 f"heartbeat_timeout ({self.heartbeat_timeout})"
             )
+
+
+# -- lauf-dvc settings in dvc.yaml -------------------------------------------------------
+
+
+def _as_int(minimum: int | None) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+        return number
+
+    return coerce
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {value!r}")
+    return parse_positive_float(str(value))
+
+
+def _as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _as_bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else parse_bool(str(value))
+
+
+def _as_choice(*choices: str) -> Callable[[Any], str]:
+    def coerce(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return coerce
+
+
+def _as_labels(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of labels, got {value!r}")
+    return tuple(sorted({v.strip() for v in value}))
+
+
+def _as_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of names, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+#: Every key allowed in ``vars: [{lauf: {...}}]`` and how to read it (also from env).
+PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
+    "jobs": _as_int(1),
+    "db": _as_str,
+    "fingerprint": _as_str,
+    "failure_policy": _as_choice(*FAILURE_POLICIES),
+    "heartbeat_interval": _as_float,
+    "heartbeat_timeout": _as_float,
+    "max_failed_retries": _as_int(0),
+    "max_killed_retries": _as_int(0),
+    "lock": _as_choice("auto", "wal", "flufl"),
+    "disable_plugins": _as_str_list,
+}
+
+#: Every key allowed in a stage's ``meta: {lauf: {...}}``.
+STAGE_KEYS: dict[str, Callable[[Any], Any]] = {
+    "requires": _as_labels,
+    "max_workers": _as_int(1),
+    "retries": _as_int(0),
+    "priority": _as_int(None),
+    "fingerprint": _as_str,
+}
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """Settings of a lauf-dvc run: command line > LAUF_DVC_* > dvc.yaml > these defaults."""
+
+    jobs: int = 4
+    db: str | None = None  # None: SQLite in .dvc/tmp/lauf/lauf.sqlite
+    fingerprint: str = "dvc"
+    failure_policy: str = "stop"  # like `dvc repro`; --keep-going means "continue"
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 60.0
+    max_failed_retries: int = 0
+    max_killed_retries: int = 2
+    lock: str = "auto"
+    disable_plugins: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(
+        cls,
+        cli: Mapping[str, Any] | None = None,
+        yaml: Mapping[str, Any] | None = None,
+        *,
+        source: str = "dvc.yaml",
+        environ: Mapping[str, str] | None = None,
+    ) -> ProjectSettings:
+        """Merge the layers; an unknown key or a bad value is a :class:`ConfigError`."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        yaml = dict(yaml or {})
+        unknown = sorted(set(yaml) - set(PROJECT_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key 'lauf.{unknown[0]}' in vars "
+                f"(known: {', '.join(PROJECT_KEYS)})"
+            )
+        for key, coerce in PROJECT_KEYS.items():
+            var = ENV_PREFIX + key.upper()
+            if cli and cli.get(key) is not None:
+                raw, where = cli[key], f"command line option --{key.replace('_', '-')}"
+            elif var in env:
+                raw, where = env[var], f"environment variable {var}"
+            elif key in yaml:
+                raw, where = yaml[key], f"{source}: vars lauf.{key}"
+            else:
+                continue
+            try:
+                values[key] = coerce(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        settings = cls(**values)
+        settings.scheduler().validate()
+        return settings
+
+    def scheduler(self, **override: Any) -> SchedulerSettings:
+        return SchedulerSettings(
+            enable_fingerprints=override.get("enable_fingerprints", False),
+            failure_policy=override.get("failure_policy", self.failure_policy),
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            max_failed_retries=self.max_failed_retries,
+            max_killed_retries=self.max_killed_retries,
+        )
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """A stage's ``meta: {lauf: {...}}``."""
+
+    requires: tuple[str, ...] = ()
+    max_workers: int = 1
+    retries: int | None = None
+    priority: int = 0
+    fingerprint: str | None = None
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None, *, where: str) -> StageSettings:
+        """Read ``meta.lauf`` of the stage ``where`` names (e.g. ``dvc.yaml:train``)."""
+        lauf = (meta or {}).get("lauf")
+        if lauf is None:
+            return cls()
+        if not isinstance(lauf, Mapping):
+            raise ConfigError(f"{where}: meta.lauf must be a mapping, got {lauf!r}")
+        values = {}
+        for key, raw in lauf.items():
+            coerce = STAGE_KEYS.get(key)
+            if coerce is None:
+                raise ConfigError(
+                    f"{where}: unknown key 'meta.lauf.{key}' (known: {', '.join(STAGE_KEYS)})"
+                )
+            try:
+                values[key] = coerce(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: meta.lauf.{key}: {exc}") from None
+        return cls(**values)

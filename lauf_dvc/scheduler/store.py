@@ -323,10 +323,20 @@ class Store:
         fingerprint: str | None,
         allowed: Sequence[str],
         join: bool = False,
+        ran: bool = True,
+        reason: str | None = None,
     ) -> tuple[bool, Claimed | None]:
         """:meth:`complete` then :meth:`claim` in one transaction: one commit per task."""
         with self.write() as conn:
-            kept = txn.complete(conn, task_id, worker, now=self._now(now), fingerprint=fingerprint)
+            kept = txn.complete(
+                conn,
+                task_id,
+                worker,
+                now=self._now(now),
+                fingerprint=fingerprint,
+                ran=ran,
+                reason=reason,
+            )
             return kept, txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
 
     def fail(

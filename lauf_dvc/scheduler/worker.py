@@ -182,17 +182,27 @@ class Worker(Generic[T]):
     # -- the loop ------------------------------------------------------------------------
 
     def next_task(
-        self, *, finished: bool, stop: Callable[[], bool] = lambda: False
+        self,
+        *,
+        finished: bool,
+        stop: Callable[[], bool] = lambda: False,
+        fingerprint: str | None = None,
+        ran: bool = True,
+        reason: str | None = None,
     ) -> Task[T] | None:
         """Complete the task handed out last (if ``finished``) and hand out the next one.
 
+        ``fingerprint`` replaces the one computed at claim time; ``ran=False`` records an
+        early cutoff found by the caller (downstream tasks need not run because of it).
         Waits (with backoff) while the remaining tasks are blocked by tasks running
         elsewhere; returns None when nothing this worker may run remains.
         """
         backoff = MIN_BACKOFF
         claimed: Claimed | None = None
         if finished and self._claimed is not None:
-            claimed = self._complete_current(claim_next=not stop())
+            if fingerprint is not None:
+                self._fingerprint = fingerprint
+            claimed = self._complete_current(claim_next=not stop(), ran=ran, reason=reason)
         while True:
             if claimed is None:
                 if stop():
@@ -225,7 +235,14 @@ class Worker(Generic[T]):
             fingerprint=self._fingerprint,
         )
 
-    def _complete_current(self, *, claim_next: bool) -> Claimed | None:
+    @property
+    def current(self) -> Claimed | None:
+        """The claim of the task handed out last, until it is completed or failed."""
+        return self._claimed
+
+    def _complete_current(
+        self, *, claim_next: bool, ran: bool = True, reason: str | None = None
+    ) -> Claimed | None:
         claimed, self._claimed = self._claimed, None
         assert claimed is not None
         if claim_next and self.settings.failure_policy != "stop":
@@ -235,9 +252,13 @@ class Worker(Generic[T]):
                 fingerprint=self._fingerprint,
                 allowed=self.allowed,
                 join=self._join,
+                ran=ran,
+                reason=reason,
             )
             return nxt
-        self.store.complete(claimed.id, self.identifier, fingerprint=self._fingerprint)
+        self.store.complete(
+            claimed.id, self.identifier, fingerprint=self._fingerprint, ran=ran, reason=reason
+        )
         return None
 
     def _prepare(self, claimed: Claimed) -> Task[T] | None:

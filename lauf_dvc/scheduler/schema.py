@@ -26,9 +26,9 @@ SCHEMA_VERSION = 1
 
 #: The ready predicate, written literally: SQLite uses a partial index only when the
 #: query repeats the index's WHERE terms with literal values.
-READY_SQL = "state IN ('pending', 'invalidated') AND waiting = 0"
-TODO_SQL = "state IN ('pending', 'invalidated')"
-FAILED_SQL = "state IN ('failed', 'killed')"
+READY_SQL = "state IN ('pending', 'invalidated') AND waiting = 0 AND active = 1"
+TODO_SQL = "state IN ('pending', 'invalidated') AND active = 1"
+FAILED_SQL = "state IN ('failed', 'killed') AND active = 1"
 
 metadata = MetaData()
 
@@ -45,6 +45,7 @@ tasks = Table(
     Column("id", String, primary_key=True),
     Column("seq", Integer, nullable=False),  # insertion order: FIFO among equal priorities
     Column("state", String(16), nullable=False),
+    Column("active", Integer, nullable=False),  # 0: not in the current graph (kept for history)
     Column("waiting", Integer, nullable=False),  # dependencies not completed
     Column("requirements", String, nullable=False),  # sorted, comma-joined labels
     Column("max_workers", Integer, nullable=False),

@@ -367,7 +367,9 @@ class Store:
 
     def completed_fingerprints(self) -> dict[str, str | None]:
         """``{task id: fingerprint it last completed with}`` for every completed task."""
-        q = select(tasks.c.id, tasks.c.last_fingerprint).where(tasks.c.state == S.COMPLETED.value)
+        q = select(tasks.c.id, tasks.c.last_fingerprint).where(
+            tasks.c.state == S.COMPLETED.value, tasks.c.active == 1
+        )
         with self.read() as conn:
             return {r[0]: r[1] for r in conn.execute(q)}
 
@@ -543,16 +545,22 @@ class Store:
             return list(conn.execute(q).scalars())
 
     def counts(self) -> dict[TaskState, int]:
+        """How many tasks of the current graph are in each state."""
+        q = select(tasks.c.state, func.count()).where(tasks.c.active == 1).group_by(tasks.c.state)
         with self.read() as conn:
-            rows = conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
+            rows = conn.execute(q)
             return {S(state): n for state, n in rows}
 
-    def task_rows(self) -> list[TaskRow]:
+    def task_rows(self, *, inactive: bool = False) -> list[TaskRow]:
+        """Every task of the current graph (``inactive``: also those no longer in it)."""
+        q = select(tasks).order_by(tasks.c.seq)
+        if not inactive:
+            q = q.where(tasks.c.active == 1)
         with self.read() as conn:
             deps: dict[str, list[str]] = {}
             for t, d in conn.execute(select(edges.c.task, edges.c.dep).order_by(edges.c.dep)):
                 deps.setdefault(t, []).append(d)
-            rows = conn.execute(select(tasks).order_by(tasks.c.seq)).all()
+            rows = conn.execute(q).all()
         return [
             TaskRow(
                 r.id,

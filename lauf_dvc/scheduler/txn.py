@@ -389,45 +389,33 @@ def cascade(
 
 
 def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: Now, worker: str | None) -> bool:
-    """Make the stored graph equal to ``specs``. True if anything changed."""
-    existing = {
-        r.id: r
-        for r in conn.execute(
-            select(
-                tasks.c.id,
-                tasks.c.state,
-                tasks.c.requirements,
-                tasks.c.max_workers,
-                tasks.c.priority,
-                tasks.c.retries,
-            )
-        )
-    }
+    """Make the active graph equal to ``specs``. True if anything changed.
+
+    Tasks not in ``specs`` are deactivated, not deleted: their history stays, and they
+    come back as they were if a later graph names them again.
+    """
+    cols = (tasks.c.id, tasks.c.active, tasks.c.requirements, tasks.c.max_workers,
+            tasks.c.priority, tasks.c.retries)  # fmt: skip
+    existing = {r.id: r for r in conn.execute(select(*cols))}
     wanted = {s.id for s in specs}
-    removed = [i for i, r in existing.items() if i not in wanted and r.state != S.RUNNING]
+    retired = [i for i, r in existing.items() if i not in wanted and r.active]
     new = [s for s in specs if s.id not in existing]
     _insert_tasks(conn, new, now=now, worker=worker)
     for s in specs:
         r = existing.get(s.id)
-        hints = (s.requirements, s.max_workers, s.priority, s.retries)
-        if r is not None and (r.requirements, r.max_workers, r.priority, r.retries) != hints:
+        hints = (1, s.requirements, s.max_workers, s.priority, s.retries)
+        if r is not None and (r.active, r.requirements, r.max_workers, r.priority,
+                              r.retries) != hints:  # fmt: skip
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == s.id)
-                .values(
-                    requirements=s.requirements,
-                    max_workers=s.max_workers,
-                    priority=s.priority,
-                    retries=s.retries,
-                )
-            )
-    if removed:
-        conn.execute(update(tasks).where(tasks.c.id.in_(removed)).values(event_id=None))
-        conn.execute(delete(events).where(events.c.task_id.in_(removed)))
-        conn.execute(delete(edges).where(edges.c.task.in_(removed) | edges.c.dep.in_(removed)))
-        conn.execute(delete(tasks).where(tasks.c.id.in_(removed)))
+                .values(active=1, requirements=s.requirements, max_workers=s.max_workers,
+                        priority=s.priority, retries=s.retries)
+            )  # fmt: skip
+    if retired:
+        conn.execute(update(tasks).where(tasks.c.id.in_(retired)).values(active=0))
     edges_changed = _sync_edges(conn, specs)
-    changed = bool(new or removed or edges_changed)
+    changed = bool(new or retired or edges_changed)
     if changed:
         _recount_waiting(conn)
     return changed
@@ -444,6 +432,7 @@ def _insert_tasks(
         dict(
             id=s.id,
             seq=seq0 + i + 1,
+            active=1,
             state=S.PENDING.value,
             waiting=0,
             requirements=s.requirements,
@@ -474,7 +463,10 @@ def _insert_tasks(
 
 
 def _sync_edges(conn: Connection, specs: Sequence[TaskSpec]) -> bool:
-    have = set(tuple(r) for r in conn.execute(select(edges.c.task, edges.c.dep)))
+    """Replace the dependencies of the tasks in ``specs`` (others keep theirs)."""
+    ids = [s.id for s in specs]
+    have = {tuple(r) for r in conn.execute(select(edges.c.task, edges.c.dep))}
+    have = {e for e in have if e[0] in set(ids)}
     want = {(s.id, d) for s in specs for d in s.dependencies}
     for task_id, dep in have - want:
         conn.execute(delete(edges).where(edges.c.task == task_id, edges.c.dep == dep))

@@ -200,7 +200,11 @@ def test_sync_is_idempotent_and_follows_graph_changes(db_url):
     assert store.sync_graph(changed, now=NOW, worker=None)
     assert set(states(store)) == {"a", "b", "d"}
     assert run(store) == "b"
-    assert run(store) == "d"  # d no longer waits for the removed c
+    assert run(store) == "d"  # d no longer waits for the retired c
+    assert store.claim("w1", allowed=[""], now=NOW) is None  # c is kept but never claimed
+    assert [r.id for r in store.task_rows(inactive=True) if r.state == S.PENDING] == ["c"]
+    assert store.sync_graph(diamond(), now=NOW, worker=None)  # c comes back, history intact
+    assert states(store)["c"] == S.PENDING and len(store.history("c")) == 1
 
 
 def test_schema_version_mismatch_is_one_clear_line(db_url):

@@ -1,0 +1,172 @@
+"""``lauf-dvc``: parse, call, print. The only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lauf_dvc.errors import ExitCode, LaufError
+
+EPILOG = "Exit codes: " + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lauf-dvc",
+        description="Run the stages of a DVC pipeline in parallel workers sharing a database.",
+        epilog=EPILOG,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens (debug)")
+    p.add_argument("--db", help="scheduler database URL (default: SQLite in .dvc/tmp/lauf)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("repro", help="reproduce stages in parallel, like `dvc repro`")
+    r.add_argument("targets", nargs="*", help="stages or dvc.yaml files (default: all)")
+    r.add_argument("-j", "--jobs", type=int, help="local worker processes (default: 4)")
+    r.add_argument("-f", "--force", action="store_true", help="run even if up to date")
+    r.add_argument("-k", "--keep-going", action="store_true",
+                   help="on failure, keep running independent stages")  # fmt: skip
+    r.add_argument("--dry", action="store_true", help="print what would run and why")
+
+    w = sub.add_parser("worker", help="join as one worker (e.g. in a SLURM array job)")
+    w.add_argument("targets", nargs="*")
+    w.add_argument("--labels", default="", help="comma-separated labels (e.g. gpu)")
+    w.add_argument("--identifier", help="unique worker name (default host:pid:random)")
+    w.add_argument("--max-tasks", type=int, help="stop after running this many stages")
+    w.add_argument("-f", "--force", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--no-sync", action="store_true", help=argparse.SUPPRESS)
+
+    s = sub.add_parser("status", help="every stage, its state and why")
+    s.add_argument("targets", nargs="*")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    h = sub.add_parser("history", help="the audit trail of one stage")
+    h.add_argument("stage")
+    h.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("reset", help="put failed stages (or the named ones) back to pending")
+    x.add_argument("stages", nargs="*")
+    x.add_argument("--failed", action="store_true", help="every failed or killed stage")
+
+    pr = sub.add_parser("prune", help="keep only the latest events of each stage")
+    pr.add_argument("--keep", type=int, default=20)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(COMMANDS[args.command](args))
+    except LaufError as exc:
+        print(f"lauf-dvc: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("lauf-dvc: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    return {"db": args.db, **extra}
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project, sync
+    from lauf_dvc.dvc.repro import repro
+    from lauf_dvc.progress import ProgressView, print_dry_run, print_summary
+
+    policy = "continue" if args.keep_going else None
+    project = open_project(args.targets, _settings(args, jobs=args.jobs, failure_policy=policy))
+    if args.dry:
+        print_dry_run(project, sync(project, project.store(), worker=None, force=args.force,
+                                    dry=True))  # fmt: skip
+        return ExitCode.OK
+    view = ProgressView(total=len(project.stages))
+    try:
+        result = repro(project, args.targets, jobs=project.settings.jobs, force=args.force,
+                       overrides={"failure_policy": policy}, on_progress=view.update)  # fmt: skip
+    finally:
+        view.close()
+    print_summary(result)
+    return ExitCode.OK if result.ok else ExitCode.STAGE_FAILED
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project
+    from lauf_dvc.dvc.work import run_worker
+    from lauf_dvc.progress import print_worker_event
+
+    project = open_project(args.targets, _settings(args))
+    labels = frozenset(v.strip() for v in args.labels.split(",") if v.strip())
+    report = run_worker(project, identifier=args.identifier, labels=labels,
+                        do_sync=not args.no_sync, force=args.force, max_tasks=args.max_tasks,
+                        on_event=print_worker_event)  # fmt: skip
+    if report.stopped:
+        print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr)
+    return ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project, status_rows
+    from lauf_dvc.progress import print_status
+
+    project = open_project(args.targets, _settings(args))
+    rows = status_rows(project)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_status(rows)
+    return ExitCode.OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project
+    from lauf_dvc.progress import print_history
+
+    project = open_project((), _settings(args))
+    events = project.store().history(args.stage)
+    if not events:
+        raise LaufError(f"no history for stage {args.stage!r}: check the name (lauf-dvc status)")
+    rows = [dict(time=e.time, state=e.state.value, worker=e.worker, reason=e.reason,
+                 fingerprint=e.fingerprint) for e in events]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_history(args.stage, rows)
+    return ExitCode.OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project
+
+    if not args.failed and not args.stages:
+        raise LaufError("say what to reset: --failed, or stage names")
+    project = open_project((), _settings(args))
+    done = project.store().reset(None if args.failed else args.stages)
+    print(f"reset {len(done)} stage(s) to pending" + (f": {', '.join(done)}" if done else ""))
+    return ExitCode.OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.project import open_project
+
+    project = open_project((), _settings(args))
+    print(f"deleted {project.store().prune_history(keep=args.keep)} old event(s)")
+    return ExitCode.OK
+
+
+COMMANDS = {
+    "repro": cmd_repro,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "history": cmd_history,
+    "reset": cmd_reset,
+    "prune": cmd_prune,
+}

@@ -1,0 +1,265 @@
+"""A DVC repository as lauf sees it: settings, the selected stages, their tasks, and why
+each is stale (asked of DVC itself, so lauf's verdict is ``dvc status``'s)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lauf_dvc.config import ProjectSettings, StageSettings
+from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline
+from lauf_dvc.errors import PipelineError
+from lauf_dvc.scheduler.store import Store
+from lauf_dvc.scheduler.worker import Task
+from lauf_dvc.states import TaskState
+
+log = logging.getLogger(__name__)
+S = TaskState
+
+LAUF_DIR = Path(".dvc") / "tmp" / "lauf"
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The root of the DVC repository containing ``start`` (default: the cwd)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root(str(start or os.getcwd())))
+    except NotDvcRepoError:
+        raise PipelineError(
+            f"{start or os.getcwd()} is not inside a DVC repository: run `dvc init` first"
+        ) from None
+
+
+def read_lauf_vars(root: Path) -> dict[str, Any]:
+    """The ``lauf`` entry of the root dvc.yaml's ``vars`` (as DVC resolves it), or {}."""
+    from dvc.dvcfile import ProjectFile
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if not (root / "dvc.yaml").exists():
+        return {}
+    try:
+        with Repo(str(root)) as repo:
+            context = ProjectFile(repo, str(root / "dvc.yaml")).resolver.context
+            if "lauf" not in context:
+                return {}
+            value = context["lauf"].value  # unwrapped plain Python values
+            if not isinstance(value, dict):
+                raise PipelineError(f"{root / 'dvc.yaml'}: vars entry 'lauf' must be a mapping")
+            return value
+    except DvcException as exc:
+        raise PipelineError(f"dvc.yaml: {_one_line(exc)}") from None
+
+
+@dataclass
+class Project:
+    """Everything a run needs to know, resolved once."""
+
+    root: Path
+    settings: ProjectSettings
+    stages: list[StageInfo]
+    stage_settings: dict[str, StageSettings] = field(default_factory=dict)
+
+    @property
+    def lauf_dir(self) -> Path:
+        return self.root / LAUF_DIR
+
+    @property
+    def log_dir(self) -> Path:
+        return self.lauf_dir / "logs"
+
+    @property
+    def db_url(self) -> str:
+        return self.settings.db or f"sqlite:///{self.lauf_dir / 'lauf.sqlite'}"
+
+    def store(self) -> Store:
+        return Store(self.db_url)
+
+    def tasks(self) -> list[Task[StageInfo]]:
+        selected = {s.address for s in self.stages}
+        out = []
+        for stage in self.stages:
+            ss = self.stage_settings[stage.address]
+            out.append(
+                Task(
+                    stage.address,
+                    data=stage,
+                    dependencies=tuple(u for u in stage.upstream if u in selected),
+                    requirements=frozenset(ss.requires),
+                    max_workers=ss.max_workers,
+                    priority=ss.priority,
+                    retries=ss.retries,
+                )
+            )
+        return out
+
+
+def open_project(
+    targets: Sequence[str] = (),
+    cli: Mapping[str, Any] | None = None,
+    start: str | Path | None = None,
+) -> Project:
+    """Find the repository, read its settings and pipeline; every problem is one line."""
+    root = find_root(start)
+    settings = ProjectSettings.resolve(cli, read_lauf_vars(root), source=str(root / "dvc.yaml"))
+    stages = load_pipeline(root, targets)
+    stage_settings = {
+        s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}") for s in stages
+    }
+    return Project(root, settings, stages, stage_settings)
+
+
+# -- staleness ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    """DVC's answer for one stage: does it need to run, and why."""
+
+    address: str
+    changed: bool
+    reasons: tuple[str, ...]
+
+
+def explain(status: list[Any]) -> tuple[str, ...]:
+    """Turn ``Stage.status()`` entries into short human reasons."""
+    reasons: list[str] = []
+    for entry in status:
+        if isinstance(entry, str):
+            reasons.append({"changed checksum": "command or stage definition changed",
+                            "changed command": "command changed"}.get(entry, entry))  # fmt: skip
+            continue
+        for kind, items in entry.items():
+            noun = "dependency" if kind == "changed deps" else "output"
+            for path, what in items.items():
+                if isinstance(what, dict):  # params: {key: status}
+                    reasons += [f"{path}:{key} {st}" for key, st in what.items()]
+                else:
+                    reasons.append(f"{noun} {path} {what}")
+    return tuple(reasons)
+
+
+def dvc_verdicts(project: Project) -> dict[str, StageVerdict]:
+    """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why."""
+    from dvc.exceptions import DvcException
+
+    from lauf_dvc.dvc.pipeline import locked, open_repo
+    from lauf_dvc.dvc.runner import collect_stage
+
+    out: dict[str, StageVerdict] = {}
+    try:
+        with open_repo(project.root) as repo, locked(repo):
+            for info in project.stages:
+                stage = collect_stage(repo, info.address)
+                if stage.frozen:
+                    out[info.address] = StageVerdict(info.address, False, ("frozen",))
+                    continue
+                status = stage.status().get(stage.addressing, [])
+                reasons = explain(status) if status else ()
+                if status and not _has_lock_entry(stage):
+                    reasons = ("never run",)
+                out[info.address] = StageVerdict(info.address, bool(status), reasons)
+    except DvcException as exc:
+        raise PipelineError(_one_line(exc)) from None
+    return out
+
+
+def _has_lock_entry(stage: Any) -> bool:
+    outs_known = any(o.hash_info for o in stage.outs) if stage.outs else False
+    deps_known = any(d.hash_info for d in stage.deps) if stage.deps else False
+    return outs_known or deps_known or not (stage.outs or stage.deps)
+
+
+@dataclass
+class SyncReport:
+    verdicts: dict[str, StageVerdict]
+    will_run: dict[str, str]  # address -> the reason it runs (or may run)
+    invalidated: list[str]
+    adopted: list[str]
+
+
+def sync(
+    project: Project,
+    store: Store,
+    *,
+    worker: str | None,
+    force: bool = False,
+    reset_failures: bool = False,
+    dry: bool = False,
+) -> SyncReport:
+    """Bring the database in line with what DVC says is stale.
+
+    Changed completed stages become invalidated (and their downstream); stages DVC
+    finds up to date, with nothing upstream to run, are adopted as completed (so a
+    `dvc repro -s X` elsewhere is seen). With ``dry`` nothing is written.
+    """
+    verdicts = dvc_verdicts(project)
+    if reset_failures and not dry:  # a new run retries what failed in the last one
+        store.reset(
+            [r.id for r in store.task_rows() if r.state in (S.FAILED, S.KILLED)],
+            worker=worker,
+            reason="new run",
+        )
+    rows = {r.id: r for r in store.task_rows()} if not dry else {}
+    will_run: dict[str, str] = {}
+    invalidated: list[str] = []
+    adopted: list[str] = []
+    for stage in project.stages:
+        a = stage.address
+        verdict = verdicts[a]
+        state = rows[a].state if a in rows else S.PENDING
+        upstream = next((u for u in stage.upstream if u in will_run), None)
+        if force:
+            will_run[a] = "forced"
+        elif verdict.changed:
+            will_run[a] = "; ".join(verdict.reasons) or "changed"
+        elif upstream is not None:  # the chain of causes: upstream b <- upstream a <- why
+            will_run[a] = f"upstream {upstream} <- {will_run[upstream]}"
+        if dry or state == S.RUNNING:
+            continue
+        if a in will_run and state == S.COMPLETED and (force or verdict.changed):
+            invalidated += store.invalidate(
+                {a: (rows[a].last_fingerprint, None, will_run[a])},
+                worker=worker,
+                forget_fingerprint=force,
+            )
+        elif a not in will_run and state in (S.PENDING, S.INVALIDATED):
+            reason = "up to date (dvc status)"
+            if store.adopt_completed(a, fingerprint=None, worker=worker, reason=reason):
+                adopted.append(a)
+    return SyncReport(verdicts, will_run, invalidated, adopted)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def status_rows(project: Project) -> list[dict[str, Any]]:
+    """Every selected stage: its state in the database, whether it is stale, and why."""
+    store = project.store()
+    report = sync(project, store, worker=None, dry=True)
+    db = {r.id: r for r in store.task_rows()}
+    rows = []
+    for stage in project.stages:
+        a = stage.address
+        row = db.get(a)
+        state = row.state.value if row else "new"
+        reason = report.will_run.get(a, "up to date")
+        if row is not None and row.state in (S.FAILED, S.KILLED, S.UPSTREAM_FAILED, S.RUNNING):
+            reason = row.reason or row.state.value
+            if row.state == S.FAILED and row.info.get("exit_code") is not None:
+                reason = f"failed with exit code {row.info['exit_code']}"
+        entry: dict[str, Any] = dict(stage=a, state=state, stale=a in report.will_run,
+                                     reason=reason)  # fmt: skip
+        if row is not None and row.info.get("log"):
+            entry["log"] = row.info["log"]
+        rows.append(entry)
+    store.dispose()
+    return rows

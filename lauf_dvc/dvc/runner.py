@@ -1,0 +1,455 @@
+"""Run and commit ONE DVC stage exactly as ``dvc repro`` does, safely beside other workers.
+
+``dvc repro`` (dvc/stage/__init__.py ``Stage.reproduce``/``Stage.run``, dvc/stage/run.py
+``run_stage``) does, for each stage, and so do we, in three phases:
+
+1. under DVC's repository lock: read ``dvc.yaml``/``dvc.lock`` afresh, ask DVC whether
+   the stage changed (not changed: skip), remove its outputs (``persist`` ones are only
+   unprotected), try the run cache, save the dependencies' hashes;
+2. without the repository lock: run each command line with the user's shell in the
+   stage's ``wdir``, ``DVC_ROOT``/``DVC_STAGE`` set, output to a log file and a stream;
+3. under the repository lock again: save, commit to the cache, save to the run cache and
+   dump the stage's ``dvc.lock`` entry (``update_pipeline=False``).
+
+Like ``dvc repro``, the stage holds DVC's read/write path locks (``.dvc/tmp/rwlock``) on
+its dependencies and outputs from phase 1 to phase 3, so a ``dvc`` command started by
+hand cannot touch them meanwhile.
+
+A process runs one stage at a time, and while DVC works (phases 1 and 3) the process's
+working directory is the repository root (see :func:`lauf_dvc.dvc.pipeline.locked`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
+
+from lauf_dvc.dvc.pipeline import (
+    address_of,
+    command_lines,
+    dvc_errors,
+    locked,
+    make_repo,
+    resolve_target,
+    reword,
+)
+from lauf_dvc.errors import PipelineError
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ran", "skipped", "failed"]
+TAIL_LINES = 20
+TAIL_BYTES = 64 * 1024
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What happened to one stage. A failing command is a result, never an exception.
+
+    ``ran``: the stage was reproduced and its ``dvc.lock`` entry written (for a frozen
+    stage: its outputs were verified and recorded, no command ran). ``skipped``: DVC
+    found it up to date, or restored its outputs from the run cache (``reason`` says
+    which; ``lock_entry_written`` tells the second case). ``failed``: ``returncode``
+    is the command's exit status, or ``None`` when DVC itself refused (a missing
+    dependency or output, a path busy in another ``dvc`` process); ``log_tail`` ends
+    with the reason.
+    """
+
+    address: str
+    outcome: Outcome
+    returncode: int | None
+    duration: float
+    log_path: Path | None
+    log_tail: str
+    lock_entry: dict[str, Any] | None = field(default=None, compare=False)  # dvc.lock entry
+    reason: str = ""  # one line: why skipped / why failed
+    lock_entry_written: bool = False  # this run wrote the stage's dvc.lock entry
+
+
+class _StageFailed(Exception):
+    """Internal: DVC refused the stage (reported as a "failed" result)."""
+
+
+def run_stage(
+    root: str | Path,
+    address: str,
+    *,
+    force: bool = False,
+    log_dir: Path | None = None,
+    stream: TextIO | None = None,
+    run_cache: bool = True,
+) -> StageResult:
+    """Reproduce the stage at ``address`` (relative to the repository root) like ``dvc repro``.
+
+    ``force`` runs it even when DVC finds it up to date (``dvc repro -f``); ``run_cache=False``
+    never restores from the run cache (``--no-run-cache``). The log goes to
+    ``log_dir/<address>.log`` (see :func:`log_file`) and to ``stream``.
+
+    Raises:
+        PipelineError: not a DVC repository, unknown stage, broken ``dvc.yaml``.
+    """
+    with StageRunner(root) as runner:
+        return runner.run(address, force=force, log_dir=log_dir, stream=stream,
+                          run_cache=run_cache)  # fmt: skip
+
+
+class StageRunner:
+    """Runs stages of one repository, one at a time, reusing one DVC ``Repo`` object."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._repo: Repo | None = None
+
+    @property
+    def repo(self) -> Repo:
+        if self._repo is None:
+            self._repo = make_repo(self.root)
+        return self._repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+    def __enter__(self) -> StageRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        address: str,
+        *,
+        force: bool = False,
+        log_dir: Path | None = None,
+        stream: TextIO | None = None,
+        run_cache: bool = True,
+    ) -> StageResult:
+        """See :func:`run_stage`."""
+        job = _Job(self.repo, address, time.monotonic(), log_dir, stream)
+        try:
+            prepared = _prepare(job, force=force, run_cache=run_cache)
+            if isinstance(prepared, StageResult):
+                return prepared
+            with prepared.paths_held():
+                returncode = _execute(job, prepared)
+                if returncode != 0:
+                    return job.failed(returncode, f"command failed with exit code {returncode}")
+                return _finish(job, prepared.stage)
+        except _StageFailed as exc:
+            return job.failed(None, str(exc))
+        finally:
+            job.close()
+
+
+def collect_stage(repo: Repo, address: str) -> PipelineStage:
+    """The one ``dvc.yaml`` stage at ``address`` (relative to the root), freshly loaded."""
+    from dvc.stage import PipelineStage
+
+    found = [s for s in resolve_target(repo, address) if isinstance(s, PipelineStage)]
+    if len(found) != 1 or address_of(repo, found[0]) != address:
+        names = ", ".join(address_of(repo, s) for s in found[:3])
+        raise PipelineError(
+            f"{address!r} is not one stage (it names {len(found)}: {names}); "
+            "pass a single stage's address, e.g. `sub/dvc.yaml:train@x`"
+        )
+    return found[0]
+
+
+def log_file(log_dir: Path, address: str) -> Path:
+    """``log_dir/<address>.log``, made safe for any filesystem; distinct addresses never clash."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]+", "_", address)[:120]
+    if safe != address:
+        safe += "-" + hashlib.sha1(address.encode()).hexdigest()[:8]
+    return log_dir / f"{safe}.log"
+
+
+# -- the three phases ---------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    repo: Repo
+    address: str
+    started: float
+    log_dir: Path | None
+    stream: TextIO | None
+    _output: _Output | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return log_file(self.log_dir, self.address) if self.log_dir is not None else None
+
+    def output(self) -> _Output:
+        """The log, opened (truncated) on first use: a skipped stage keeps its last log."""
+        if self._output is None:
+            self._output = _Output(self.log_path, self.stream)
+        return self._output
+
+    def close(self) -> None:
+        if self._output is not None:
+            self._output.close()
+
+    def result(
+        self, outcome: Outcome, stage: Any, reason: str, *, written: bool, code: int | None = None
+    ) -> StageResult:
+        return StageResult(self.address, outcome, code, time.monotonic() - self.started,
+                           self.log_path if self._output else None, "", _lock_entry(stage),
+                           reason, written)  # fmt: skip
+
+    def failed(self, returncode: int | None, reason: str) -> StageResult:
+        output = self.output()
+        if returncode is None:  # DVC's verdict, not the command's: say it in the log too
+            output.write_text(f"lauf-dvc: stage '{self.address}' failed: {reason}\n")
+        return StageResult(self.address, "failed", returncode, time.monotonic() - self.started,
+                           self.log_path, output.tail() or reason, None, reason)  # fmt: skip
+
+
+@dataclass
+class _Prepared:
+    stage: PipelineStage
+    job: _Job
+    paths: _PathLocks
+
+    @contextmanager
+    def paths_held(self) -> Iterator[None]:
+        """Release the path locks (under the repository lock, as DVC does) however we leave."""
+        try:
+            yield
+        finally:
+            with locked(self.job.repo):
+                self.paths.release()
+
+
+def _prepare(job: _Job, *, force: bool, run_cache: bool) -> StageResult | _Prepared:
+    """Phase 1, under the repository lock: collect the stage and take its path locks."""
+    from dvc.exceptions import DvcException
+
+    repo = job.repo
+    with locked(repo):
+        with dvc_errors(repo.root_dir, f"stage {job.address!r}"):
+            stage = collect_stage(repo, job.address)
+        paths = _PathLocks(repo, stage)
+        try:
+            paths.acquire()
+            verdict = _before_command(job, stage, force=force, run_cache=run_cache)
+        except (DvcException, OSError) as exc:  # dvc repro: "failed to reproduce" the stage
+            paths.release()
+            raise _StageFailed(reword(exc, repo.root_dir)) from None
+        except BaseException:
+            paths.release()
+            raise
+        if verdict is not None:
+            paths.release()
+            return verdict
+        return _Prepared(stage, job, paths)
+
+
+def _before_command(
+    job: _Job, stage: PipelineStage, *, force: bool, run_cache: bool
+) -> StageResult | None:
+    """``Stage.reproduce`` and ``Stage.run`` up to the command; None: go and run it."""
+    from dvc.stage.cache import RunCacheNotFoundError
+    from dvc.stage.utils import check_missing_outputs
+
+    repo = job.repo
+    if not force and not stage.changed():  # the early cutoff of Stage.reproduce
+        log.info("stage %s didn't change, skipping", job.address)
+        return job.result("skipped", stage, "up to date", written=False)
+    if stage.frozen:  # Stage.run: no command; verify the outputs and record them
+        log.warning("%s is frozen: its outputs are verified, not reproduced", job.address)
+        check_missing_outputs(stage)
+        _commit(repo, stage)
+        return job.result("ran", stage, "frozen: outputs verified", written=True)
+    stage.remove_outs(ignore_remove=False, force=False)  # persist outputs: only unprotected
+    if force:  # dvc/stage/run.py run_stage: no run cache, no early dependency save
+        return None
+    try:
+        repo.stage_cache.restore(stage, run_cache=run_cache)
+    except RunCacheNotFoundError:
+        stage.save_deps()
+        return None
+    _commit(repo, stage)
+    return job.result("skipped", stage, "restored from run cache", written=True)
+
+
+def _execute(job: _Job, prepared: _Prepared) -> int:
+    """Phase 2, no repository lock: each command line in the user's shell, as DVC runs it."""
+    from dvc.env import DVC_STAGE
+    from dvc.stage.run import _make_cmd, _warn_if_fish, get_executable, prepare_kwargs
+
+    stage = prepared.stage
+    kwargs = prepare_kwargs(stage)  # cwd=wdir, env with DVC_ROOT and DVC_STAGE, close_fds
+    kwargs["env"][DVC_STAGE] = job.address  # DVC's is relative to the cwd; ours to the root
+    executable = get_executable()
+    _warn_if_fish(executable)
+    output = job.output()
+    output.write_text(f"Running stage '{job.address}':\n")  # what dvc repro prints
+    for line in command_lines(stage):
+        output.write_text(f"> {line}\n")
+        returncode = _run_command(_make_cmd(executable, line), kwargs, output)
+        if returncode != 0:
+            return returncode
+    return 0
+
+
+def _finish(job: _Job, stage: PipelineStage) -> StageResult:
+    """Phase 3, under the repository lock: save, commit, run cache, dump to dvc.lock."""
+    from dvc.exceptions import DvcException
+
+    with locked(job.repo):
+        try:
+            _commit(job.repo, stage)
+        except (DvcException, OSError) as exc:
+            why = reword(exc, job.repo.root_dir)
+            raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
+    return job.result("ran", stage, "ran", written=True, code=0)
+
+
+def _commit(repo: Repo, stage: PipelineStage) -> None:
+    """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump; caller holds the lock."""
+    no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
+    with repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
+        stage.save(allow_missing=False, run_cache=not no_cache_outs)
+        stage.commit(allow_missing=False)
+        stage.dump(update_pipeline=False)
+
+
+def _lock_entry(stage: Any) -> dict[str, Any] | None:
+    """The stage's dvc.lock entry as DVC serialises it (None if it has none yet)."""
+    from dvc.stage.serialize import to_single_stage_lockfile
+
+    try:
+        return _plain(to_single_stage_lockfile(stage))
+    except (AssertionError, AttributeError, TypeError):  # nothing recorded for some item
+        return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- DVC's path locks ---------------------------------------------------------------------
+
+
+class _PathLocks:
+    """DVC's rwlock on the stage's dependencies (read) and outputs (write).
+
+    ``dvc repro`` holds it around the whole stage (``@rwlocked`` on ``Stage.reproduce``);
+    we do too, across the three phases. Entries are keyed by pid and command line, so
+    DVC's own ``@rwlocked`` methods called meanwhile in this process re-enter freely.
+    """
+
+    def __init__(self, repo: Repo, stage: PipelineStage) -> None:
+        from dvc.dependency.db import AbstractDependency
+        from dvc.dependency.repo import RepoDependency
+        from dvc.rwlock import rwlock
+
+        def paths(items: Sequence[Any]) -> list[str]:  # as dvc/stage/decorators.py _chain
+            skip = (RepoDependency, AbstractDependency)
+            return [item.fs_path for item in items if not isinstance(item, skip)]
+
+        hardlink = repo.config["core"].get("hardlink_lock", False)
+        cmd = " ".join(sys.argv)  # what @rwlocked uses: the same owner re-enters
+        self._cm: AbstractContextManager[None] = rwlock(
+            repo.tmp_dir, repo.fs, cmd, paths(stage.deps), paths(stage.outs), hardlink
+        )
+        self.held = False
+
+    def acquire(self) -> None:
+        self._cm.__enter__()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._cm.__exit__(None, None, None)
+
+
+# -- running a command and teeing its output ---------------------------------------------
+
+
+class _Output:
+    """The stage's output: to its log file (bytes as they come), a stream, and a tail."""
+
+    def __init__(self, path: Path | None, stream: TextIO | None) -> None:
+        self._file: BinaryIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "wb")  # noqa: SIM115
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tail = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if self._file is not None:
+            self._file.write(data)
+            self._file.flush()
+        if self._stream is not None:
+            self._stream.write(self._decoder.decode(data))
+            self._stream.flush()
+        self._tail += data
+        del self._tail[:-TAIL_BYTES]
+
+    def write_text(self, text: str) -> None:
+        self.write(text.encode())
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        text = bytes(self._tail).decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _run_command(argv: str | list[str], kwargs: dict[str, Any], output: _Output) -> int:
+    """Run one command line; its stdout and stderr (merged) go to ``output``.
+
+    stdin is /dev/null: several workers may run at once, none may read the terminal.
+    On an exception (Ctrl-C) the command is stopped before this returns.
+    """
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
+    )
+    assert proc.stdout is not None
+    try:
+        while chunk := proc.stdout.read1(CHUNK):
+            output.write(chunk)
+        return proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        proc.stdout.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

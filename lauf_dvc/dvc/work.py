@@ -1,0 +1,139 @@
+"""One lauf-dvc worker: claim a stage, run it as `dvc repro` would, record the outcome.
+
+Used by ``lauf-dvc worker`` (a SLURM array job) and by the N local processes that
+``lauf-dvc repro -j N`` starts: the same code path either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lauf_dvc.dvc.pipeline import StageInfo
+from lauf_dvc.dvc.project import Project, sync
+from lauf_dvc.dvc.runner import StageResult, StageRunner
+from lauf_dvc.errors import FailurePolicyStop, LaufError
+from lauf_dvc.scheduler.locks import LockSet
+from lauf_dvc.scheduler.worker import Worker, default_identifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerReport:
+    identifier: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the worker stopped early, if it did
+
+
+def lock_fingerprint(result: StageResult) -> str | None:
+    """A digest of the stage's dvc.lock entry: what DVC recorded it ran with."""
+    entry = getattr(result, "lock_entry", None)
+    if not entry:
+        return None
+    blob = json.dumps(entry, sort_keys=True, default=str).encode()
+    return "dvc-lock:" + hashlib.sha256(blob).hexdigest()
+
+
+def run_worker(
+    project: Project,
+    *,
+    identifier: str | None = None,
+    labels: frozenset[str] = frozenset(),
+    do_sync: bool = True,
+    force: bool = False,
+    max_tasks: int | None = None,
+    on_event: Callable[[str, str, Any], None] | None = None,
+) -> WorkerReport:
+    """Work until nothing this worker may run is left (or ``max_tasks`` were run)."""
+    ident = identifier or default_identifier()
+    store = project.store()
+    settings = project.settings.scheduler()
+    locks = LockSet(project.lauf_dir / "locks", settings.heartbeat_timeout)
+    tasks = {t.id: t for t in project.tasks()}
+    worker: Worker[StageInfo] = Worker(
+        tasks, store, settings, identifier=ident, labels=labels, locks=locks
+    )
+    report = WorkerReport(ident)
+    worker.start()
+    try:
+        if do_sync:  # any worker may start first: sync once at a time, idempotently
+            with locks.get("sync"):
+                sync(project, store, worker=ident, force=force)
+        _loop(project, worker, report, force=force, max_tasks=max_tasks,
+              on_event=on_event)  # fmt: skip
+    except FailurePolicyStop as exc:
+        report.stopped = str(exc)
+    except KeyboardInterrupt:
+        worker.fail_current("interrupted")
+        report.stopped = "interrupted"
+        raise
+    finally:
+        worker.stop()
+    return report
+
+
+def _loop(
+    project: Project,
+    worker: Worker[StageInfo],
+    report: WorkerReport,
+    *,
+    force: bool,
+    max_tasks: int | None,
+    on_event: Callable[[str, str, Any], None] | None,
+) -> None:
+    done = 0
+    with StageRunner(project.root) as runner:
+        task = worker.next_task(finished=False)
+        while task is not None:
+            if on_event:
+                on_event("started", task.id, None)
+            result = _run(runner, project, task.id, force=force)
+            if on_event:
+                on_event(result.outcome, task.id, result)
+            done += 1
+            limit = max_tasks is not None and done >= max_tasks
+            if result.outcome == "failed":
+                report.failed.append(task.id)
+                worker.fail_current(_failure_reason(result), _failure_info(result))
+                task = None if limit else worker.next_task(finished=False)
+                continue
+            (report.ran if result.outcome == "ran" else report.skipped).append(task.id)
+            task = worker.next_task(
+                finished=True,
+                stop=lambda limit=limit: limit,
+                fingerprint=lock_fingerprint(result),
+                ran=result.outcome == "ran",
+                reason=None if result.outcome == "ran" else "early cutoff: up to date (dvc)",
+            )
+
+
+def _failure_reason(result: StageResult) -> str:
+    if result.returncode is not None:
+        return f"exit code {result.returncode}"
+    lines = result.log_tail.strip().splitlines()
+    return lines[-1] if lines else "failed"
+
+
+def _failure_info(result: StageResult) -> dict[str, Any]:
+    return dict(
+        exit_code=result.returncode,
+        log=str(result.log_path or ""),
+        log_tail=result.log_tail[-4000:],
+    )
+
+
+def _run(runner: StageRunner, project: Project, address: str, *, force: bool) -> StageResult:
+    """Run one stage; an unexpected error fails that stage, not the whole worker."""
+    try:
+        return runner.run(address, force=force, log_dir=project.log_dir)
+    except Exception as exc:
+        log.exception("stage %s: lauf-dvc could not run it", address)
+        message = exc if isinstance(exc, LaufError) else f"{type(exc).__name__}: {exc}"
+        return StageResult(address, "failed", None, 0.0, None, f"lauf-dvc: {message}")

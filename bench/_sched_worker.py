@@ -19,6 +19,10 @@ def graph(shape: str, n: int) -> list[tuple[str, list[str]]]:
         return [(f"t{i}", []) for i in range(n)]
     if shape == "chain":
         return [(f"t{i}", [f"t{i - 1}"] if i else []) for i in range(n)]
+    if shape == "random":  # 0-3 dependencies drawn from all earlier tasks
+        rng = random.Random(11)
+        return [(f"t{i}", [f"t{j}" for j in rng.sample(range(i), min(i, rng.randint(0, 3)))])
+                for i in range(n)]  # fmt: skip
     rng = random.Random(7)  # layered: 10 wide, 2 dependencies in the layer above
     out = []
     for i in range(n):
@@ -53,6 +57,8 @@ def main() -> None:
     work = Path(workdir)
     os.chdir(work)  # laufband puts its lock files in the working directory
     nodes = graph(shape, int(n))
+    if impl == "lauf" and db.startswith("postgresql"):
+        import psycopg  # noqa: F401 (process start-up: imported before the clock starts)
     (work / f"ready-{os.getpid()}").touch()
     go = work / "go"
     while not go.exists():

@@ -16,6 +16,10 @@ T = TypeVar("T")
 
 ENV_PREFIX = "LAUF_DVC_"
 FAILURE_POLICIES = ("continue", "stop")
+#: How SQLite databases are locked: ``wal`` (local disk), ``flufl`` (rollback journal and
+#: an NFS-safe lock file around every transaction), ``auto`` (flufl on a network
+#: filesystem, else wal).
+LOCK_MODES = ("auto", "wal", "flufl")
 
 
 def parse_bool(text: str) -> bool:
@@ -38,6 +42,19 @@ def parse_positive_float(text: str) -> float:
     if value <= 0:
         raise ValueError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def parse_non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def parse_lock_mode(text: str) -> str:
+    if text not in LOCK_MODES:
+        raise ValueError(f"expected one of {', '.join(LOCK_MODES)}, got {text!r}")
+    return text
 
 
 def parse_non_negative_int(text: str) -> int:
@@ -192,7 +209,7 @@ PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_timeout": _as_float,
     "max_failed_retries": _as_int(0),
     "max_killed_retries": _as_int(0),
-    "lock": _as_choice("auto", "wal", "flufl"),
+    "lock": _as_choice(*LOCK_MODES),
     "disable_plugins": _as_str_list,
 }
 

@@ -6,46 +6,104 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy import insert, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from lauf_dvc.errors import SchemaVersionError, StoreError
-from lauf_dvc.scheduler.engine import make_engine, mask_url
+from lauf_dvc.scheduler.engine import make_engine, mask_url, sqlite_lock_mode, sqlite_path
+from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
 from lauf_dvc.scheduler.schema import SCHEMA_VERSION, meta, metadata
+
+#: PostgreSQL advisory lock keys ("lauf" in ASCII, then 1, 2), held to the end of a
+#: transaction.
+SCHEMA_LOCK_KEY = 0x6C617566_01
+GRAPH_LOCK_KEY = 0x6C617566_02
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 class Database:
-    """One database URL; connects on first use and checks the schema version once."""
+    """One database URL; connects on first use and checks the schema version once.
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    ``lock`` (SQLite only): ``wal`` for a local disk; ``flufl`` for a network filesystem
+    (a rollback journal, and every transaction, reads included, inside an NFS-safe lock
+    file beside the database); ``auto``: flufl if the file is on a network filesystem.
+    """
+
+    def __init__(self, url: str, *, engine: Engine | None = None, lock: str = "auto") -> None:
         self.url = url
+        self.lock = lock
         self._engine = engine
         self._schema_checked = False
+        self._resolved = False
+        self._sqlite_lock: str | None = None
+        self._txn_lock: TransactionLock | None = None
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.url)
+        if not self._resolved:
+            self._resolve()
+        assert self._engine is not None
         if not self._schema_checked:
             self._ensure_schema(self._engine)
             self._schema_checked = True
         return self._engine
 
+    def _resolve(self) -> None:
+        """Decide the locking (``auto`` looks at the mount table now), build the engine."""
+        self._sqlite_lock = sqlite_lock_mode(self.url, self.lock)
+        if self._sqlite_lock == "flufl" and sqlite_path(self.url) is not None:
+            self._txn_lock = transaction_lock(lock_dir(self.url) / "transactions.lock")
+        if self._engine is None:
+            self._engine = make_engine(self.url, lock=self._sqlite_lock)
+        self._resolved = True
+
+    @property
+    def sqlite_lock(self) -> str | None:
+        """How this SQLite database is locked (``"wal"`` or ``"flufl"``; None: PostgreSQL)."""
+        self.engine  # noqa: B018 (resolves the setting on first use)
+        return self._sqlite_lock
+
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, so two claims never race)."""
-        with self._errors(), self.engine.connect() as plain:
+    def write(self, *, exclusive: bool = False) -> Iterator[Connection]:
+        """A write transaction (SQLite: ``BEGIN IMMEDIATE``, so two claims never race).
+
+        ``exclusive``: also one at a time on PostgreSQL (an advisory lock), for changes to
+        the whole graph that concurrent workers would otherwise both try (a first sync).
+        """
+        engine = self.engine
+        with self._errors(), self._serialised(), self._connect(engine) as plain:
             conn = plain.execution_options(lauf_write=True)
             with conn.begin():
+                if exclusive and engine.dialect.name == "postgresql":
+                    conn.execute(_ADVISORY_LOCK, {"key": GRAPH_LOCK_KEY})
                 yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._errors(), self.engine.connect() as conn, conn.begin():
+        engine = self.engine
+        with self._errors(), self._serialised(), self._connect(engine) as conn, conn.begin():
             yield conn
+
+    def refresh_lock(self) -> None:
+        """Extend the transaction lock if this process holds it (heartbeat; flufl only)."""
+        if self._txn_lock is not None:
+            self._txn_lock.refresh()
+
+    def _serialised(self) -> AbstractContextManager[None]:
+        return self._txn_lock.hold() if self._txn_lock is not None else nullcontext()
+
+    def _connect(self, engine: Engine) -> Connection:
+        """A connection, or one line saying why there is none (unreachable server, wrong
+        credentials, no such database, unwritable file)."""
+        try:
+            return engine.connect()
+        except DBAPIError as exc:
+            raise StoreError(
+                self._message(_first_line(exc.orig), "cannot connect to database")
+            ) from exc
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -53,39 +111,66 @@ class Database:
         try:
             yield
         except DBAPIError as exc:
-            raise StoreError(f"database {mask_url(self.url)}: {_first_line(exc.orig)}") from exc
+            raise StoreError(self._message(_first_line(exc.orig))) from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"database {mask_url(self.url)}: {_first_line(exc)}") from exc
+            raise StoreError(self._message(_first_line(exc))) from exc
+
+    def _message(self, detail: str, what: str = "database") -> str:
+        try:
+            password = make_url(self.url).password
+        except Exception:
+            password = None
+        if password:  # a driver may echo the connection string
+            detail = _scrub(detail, str(password))
+        return f"{what} {mask_url(self.url)}: {detail}"
 
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
 
     def _ensure_schema(self, engine: Engine) -> None:
-        with self._errors(), engine.connect() as plain:
-            conn = plain.execution_options(lauf_write=True)
+        """Check the schema version; create the tables in an empty database. Concurrent
+        first starts are serialised (PostgreSQL: an advisory lock; SQLite: the write
+        lock); the usual case, tables there, takes no lock."""
+        with self._errors(), self._serialised(), self._connect(engine) as conn:
             with conn.begin():
-                if engine.dialect.name == "postgresql":  # serialise concurrent first starts
-                    conn.execute(text("SELECT pg_advisory_xact_lock(74617566)"))
-                have = set(engine.dialect.get_table_names(conn))
-                if meta.name in have:
-                    row = conn.execute(
-                        select(meta.c.value).where(meta.c.key == "schema_version")
-                    ).first()
-                    found = row[0] if row else "unknown"
-                    if found != str(SCHEMA_VERSION):
-                        raise SchemaVersionError(
-                            f"database {mask_url(self.url)} has lauf-dvc schema version {found}, "
-                            f"this lauf-dvc needs {SCHEMA_VERSION}: delete it or use another --db"
-                        )
+                if self._schema_ok(conn):
                     return
-                if have:
-                    raise SchemaVersionError(
-                        f"database {mask_url(self.url)} holds tables lauf-dvc did not create "
-                        f"({', '.join(sorted(have)[:3])}): point --db at a new database"
-                    )
+            conn = conn.execution_options(lauf_write=True)
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(_ADVISORY_LOCK, {"key": SCHEMA_LOCK_KEY})
+                if self._schema_ok(conn):
+                    return
                 metadata.create_all(conn)
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def _schema_ok(self, conn: Connection) -> bool:
+        """True: our tables, of our version. False: an empty database. Else raise."""
+        have = set(conn.dialect.get_table_names(conn))
+        if meta.name in have:
+            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+            found = row[0] if row else "unknown"
+            if found != str(SCHEMA_VERSION):
+                raise SchemaVersionError(
+                    f"database {mask_url(self.url)} has lauf-dvc schema version {found}, "
+                    f"this lauf-dvc needs {SCHEMA_VERSION}: delete it or use another --db"
+                )
+            return True
+        if have:
+            raise SchemaVersionError(
+                f"database {mask_url(self.url)} holds tables lauf-dvc did not create "
+                f"({', '.join(sorted(have)[:3])}): point --db at a new database"
+            )
+        return False
+
+
+def _scrub(text: str, password: str) -> str:
+    """``text`` without ``password`` where a connection string would show it (anywhere,
+    if it is long enough not to be part of ordinary words)."""
+    for shown in (f":{password}@", f"password={password}", f"password='{password}'"):
+        text = text.replace(shown, shown.replace(password, "***"))
+    return text.replace(password, "***") if len(password) >= 8 else text
 
 
 def _first_line(exc: object) -> str:

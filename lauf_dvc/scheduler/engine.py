@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import NullPool
 
-from lauf_dvc.errors import StoreError
+from lauf_dvc.config import LOCK_MODES
+from lauf_dvc.errors import ConfigError, StoreError
+from lauf_dvc.scheduler.netfs import network_filesystem
+
+log = logging.getLogger(__name__)
 
 #: How long a SQLite writer waits for the lock before giving up (ms).
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: How long to wait for a PostgreSQL server to answer a connection (s); a URL's own
+#: ``?connect_timeout=`` wins. Without it an unreachable host hangs for minutes.
+PG_CONNECT_TIMEOUT = 10
+#: Connections a worker keeps open: its main thread and its heartbeat thread. Overflow
+#: connections (another thread of the caller's) are closed when given back.
+PG_POOL_SIZE = 2
+PG_MAX_OVERFLOW = 2
+#: A pooled connection idle longer than this (s) is tested before use.
+PG_PING_AFTER_IDLE = 30.0
+
+_warned: set[str] = set()
 
 
 def mask_url(url: str) -> str:
@@ -31,24 +51,105 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def make_engine(url: str) -> Engine:
+def make_dir(directory: Path, what: str) -> None:
+    """Create ``directory`` (and parents), or say in one line why not."""
     try:
-        u = make_url(url)
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{what}: cannot create {directory}: {exc.strerror}") from None
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
     except Exception:
         raise StoreError(f"not a database URL: {mask_url(url)!r}") from None
+
+
+def sqlite_lock_mode(url: str, lock: str, *, mounts: str | None = None) -> str | None:
+    """What ``lock`` (auto | wal | flufl) means for this URL: ``"wal"`` or ``"flufl"``
+    for SQLite, None for another backend. ``auto`` is flufl on a network filesystem
+    (``mounts``: a /proc/mounts text, else the real one, read now), with one warning per
+    database and process."""
+    if lock not in LOCK_MODES:
+        raise ConfigError(f"lock must be one of {', '.join(LOCK_MODES)}, got {lock!r}")
+    if _parse(url).get_backend_name() != "sqlite":
+        return None
+    path = sqlite_path(url)
+    if path is None:  # in memory: one process, no file to lock
+        return "wal"
+    if lock != "auto":
+        return lock
+    fstype = network_filesystem(path, mounts)
+    if fstype is None:
+        return "wal"
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning(
+            "database %s is on a network filesystem (%s): SQLite's WAL is unsafe there, "
+            "using a rollback journal and a lock file around every transaction (lock: "
+            "flufl); set lock: flufl to silence this, or use PostgreSQL for many workers",
+            path,
+            fstype,
+        )
+    return "flufl"
+
+
+def make_engine(url: str, *, lock: str | None = "wal") -> Engine:
+    """An engine for ``url``; ``lock`` is the resolved SQLite mode (see
+    :func:`sqlite_lock_mode`), ignored for PostgreSQL."""
+    u = _parse(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, flufl=lock == "flufl")
     if backend == "postgresql":
-        return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
+        args: dict[str, Any] = {}
+        if "connect_timeout" not in u.query:
+            args["connect_timeout"] = PG_CONNECT_TIMEOUT
+        if "application_name" not in u.query:
+            args["application_name"] = "lauf-dvc"
+        engine = create_engine(
+            url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW, connect_args=args
+        )
+        _ping_when_idle(engine)
+        return engine
     raise StoreError(f"unsupported database {mask_url(url)!r}: use sqlite:/// or postgresql://")
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use if it sat idle longer than
+    :data:`PG_PING_AFTER_IDLE` (a server restart, a firewall dropping idle connections
+    during a long stage), not on every checkout: a ping is one more round trip per
+    transaction, a tenth of a claim's cost."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["lauf_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("lauf_idle_since", None)
+        if since is None or time.monotonic() - since < PG_PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # the pool retries with a fresh connection
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
+
+
+def _sqlite_engine(url: str, *, flufl: bool) -> Engine:
+    """WAL on a local disk. ``flufl``: a rollback journal, full fsync, and no pool:
+    every transaction opens the file after taking the lock file and closes it before
+    letting go, so NFS's close-to-open consistency shows it the last writer's pages."""
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        make_dir(path.parent, f"database {path}")
+    journal, synchronous = ("DELETE", "FULL") if flufl else ("WAL", "NORMAL")
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        **({"poolclass": NullPool} if flufl else {}),
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -56,8 +157,20 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        try:
+            mode = cur.execute(f"PRAGMA journal_mode = {journal}").fetchone()[0]
+            found = f"it stays in {mode}"
+        except sqlite3.OperationalError as exc:  # "locked": open elsewhere in the other mode
+            mode, found = "?", f"another process holds it open in another mode ({exc})"
+        if path is not None and mode.upper() != journal:
+            cur.close()
+            dbapi_conn.close()
+            raise StoreError(
+                f"database {path}: cannot switch to journal mode {journal} for lock: "
+                f"{'flufl' if flufl else 'wal'}, {found}: every worker of a database must "
+                "use the same lock setting"
+            )
+        cur.execute(f"PRAGMA synchronous = {synchronous}")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 

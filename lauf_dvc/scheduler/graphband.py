@@ -15,7 +15,13 @@ from typing import Generic, TypeVar
 
 from flufl.lock import Lock
 
-from lauf_dvc.config import SchedulerSettings, parse_bool, resolve
+from lauf_dvc.config import (
+    SchedulerSettings,
+    parse_bool,
+    parse_lock_mode,
+    parse_non_negative_float,
+    resolve,
+)
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.locks import LockSet, lock_dir
 from lauf_dvc.scheduler.store import Store
@@ -48,7 +54,15 @@ class Graphband(Generic[T]):
 
     Settings left as ``None`` are read from ``LAUF_DVC_<NAME>`` when the Graphband is
     built, else take their defaults (fingerprints off, failure_policy "continue",
-    heartbeat every 10 s, dead after 60 s, 0 retries after a failure, 2 after a kill).
+    heartbeat every 10 s, dead after 60 s, 0 retries after a failure, 2 after a kill,
+    ``lock`` auto, no ``max_idle``).
+
+    ``lock`` (SQLite): ``wal`` on a local disk, ``flufl`` on a network filesystem (a
+    rollback journal and an NFS-safe lock file around every transaction), ``auto``
+    (flufl if the database file is on a network filesystem, with a warning).
+    ``max_idle``: stop iterating after waiting that many seconds without being able to
+    claim anything while the tasks left wait for tasks running elsewhere
+    (:attr:`stopped_idle` is then True).
     """
 
     def __init__(
@@ -66,6 +80,8 @@ class Graphband(Generic[T]):
         max_killed_retries: int | None = None,
         disabled: bool | None = None,
         lock_path: str | None = None,
+        lock: str | None = None,
+        max_idle: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._tasks: dict[str, Task[T]] = {}
@@ -83,10 +99,12 @@ class Graphband(Generic[T]):
             max_killed_retries=max_killed_retries,
         )
         self.disabled = resolve("disabled", disabled, parse_bool, False)
+        self.lock_mode = resolve("lock", lock, parse_lock_mode, "auto")
+        self.max_idle = resolve("max_idle", max_idle, parse_non_negative_float, None)
         self.db = db
         self.identifier = identifier or default_identifier()
         self.labels = frozenset(labels)
-        self._store = Store(db) if clock is None else Store(db, clock=clock)
+        self._store = Store(db, lock=self.lock_mode, **({} if clock is None else {"clock": clock}))
         lifetime = self.settings.heartbeat_timeout
         self._locks = LockSet(lock_dir(db) if lock_path is None else Path(lock_path), lifetime)
         self._worker = Worker(
@@ -96,6 +114,7 @@ class Graphband(Generic[T]):
             identifier=self.identifier,
             labels=self.labels,
             locks=self._locks,
+            max_idle=self.max_idle,
         )
         self._closing = False
         self._running = False
@@ -126,6 +145,11 @@ class Graphband(Generic[T]):
             return False
         self._worker.sync()  # so that it is true before the first iteration too
         return self._store.has_unfinished(self._worker.allowed)
+
+    @property
+    def stopped_idle(self) -> bool:
+        """Did the last iteration end because of ``max_idle`` (work was left)?"""
+        return self._worker.stopped_idle
 
     def close(self) -> None:
         """Complete the task being processed and stop iterating."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from lauf_dvc.errors import StoreError
 from lauf_dvc.scheduler import txn
@@ -78,13 +78,40 @@ def graph_hash(specs: Sequence[TaskSpec]) -> str:
     return h.hexdigest()
 
 
+_RUNNING_ANY = select(tasks.c.id).where(text("state = 'running'")).limit(1)
+_TODO_ANY = (
+    select(tasks.c.id)
+    .where(text(TODO_SQL), tasks.c.requirements.in_(bindparam("b_keys", expanding=True)))
+    .limit(1)
+)
+
+
+def _any_ready(conn: Connection, allowed: Sequence[str], join: bool) -> bool:
+    return any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join))
+
+
+def _unfinished(conn: Connection, allowed: Sequence[str]) -> bool:
+    if conn.execute(_RUNNING_ANY).first() is not None:
+        return True
+    return conn.execute(_TODO_ANY, {"b_keys": list(allowed)}).first() is not None
+
+
 class Store(Database):
-    """A handle on one scheduler database. Cheap to create; connects on first use."""
+    """A handle on one scheduler database. Cheap to create; connects on first use.
+
+    ``lock`` (SQLite: auto | wal | flufl) is how the file is locked, see
+    :class:`~lauf_dvc.scheduler.database.Database`; every worker of a database must agree.
+    """
 
     def __init__(
-        self, url: str, *, engine: Engine | None = None, clock: Callable[[], float] = time.time
+        self,
+        url: str,
+        *,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+        lock: str = "auto",
     ) -> None:
-        super().__init__(url, engine=engine)
+        super().__init__(url, engine=engine, lock=lock)
         self.clock = clock
 
     def _now(self, now: float | None) -> Now:
@@ -169,7 +196,7 @@ class Store(Database):
             if conn.execute(expired.limit(1)).first() is None:
                 return []
         killed: list[str] = []
-        with self.write() as conn:
+        with self.write(exclusive=True) as conn:
             for dead in conn.execute(expired).scalars().all():
                 conn.execute(update(workers).where(workers.c.id == dead).values(state="dead"))
                 held = select(assignments.c.task).where(assignments.c.worker == dead)
@@ -199,9 +226,12 @@ class Store(Database):
         Returns True if anything changed.
         """
         digest = graph_hash(specs)
-        with self.write() as conn:
-            row = conn.execute(select(meta.c.value).where(meta.c.key == "graph_hash")).first()
-            if row is not None and row[0] == digest:
+        stored = select(meta.c.value).where(meta.c.key == "graph_hash")
+        with self.read() as conn:  # the usual case, and no lock: every worker has it right
+            if conn.execute(stored).scalar() == digest:
+                return False
+        with self.write(exclusive=True) as conn:
+            if conn.execute(stored).scalar() == digest:
                 return False
             changed = txn.sync(conn, specs, now=self._now(now), worker=worker)
             conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
@@ -216,10 +246,23 @@ class Store(Database):
         A read comes first, so idle workers polling an empty queue take no write lock.
         """
         with self.read() as conn:
-            if not any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join)):
+            if not _any_ready(conn, allowed, join):
                 return None
         with self.write() as conn:
             return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
+
+    def poll(
+        self, worker: str, *, allowed: Sequence[str], now: float | None = None, join: bool = False
+    ) -> Claimed | bool:
+        """:meth:`claim`; when nothing is ready, :meth:`has_unfinished` (True: wait, work
+        remains; False: nothing left), answered in the same read: an idle worker's poll is
+        one short read transaction."""
+        with self.read() as conn:
+            if not _any_ready(conn, allowed, join):
+                return _unfinished(conn, allowed)
+        with self.write() as conn:
+            claimed = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
+        return True if claimed is None else claimed  # None: another worker was faster
 
     def complete(
         self,
@@ -333,7 +376,7 @@ class Store(Database):
         workers syncing at once agree. Returns every task id that became invalidated.
         """
         hit: list[str] = []
-        with self.write() as conn:
+        with self.write(exclusive=True) as conn:
             for task_id, (seen, current, reason) in sorted(changes.items()):
                 row = conn.execute(
                     select(tasks.c.state, tasks.c.last_fingerprint).where(tasks.c.id == task_id)
@@ -390,8 +433,8 @@ class Store(Database):
                 reason=reason,
                 fingerprint=fingerprint,
                 values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
+                stamp=txn.built(ran=False),
             )
-            txn.mark_built(conn, task_id, ran=False)
             return True
 
     def force(
@@ -425,7 +468,7 @@ class Store(Database):
         if task_ids is not None:
             q = q.where(tasks.c.id.in_(list(task_ids)))
         done: list[str] = []
-        with self.write() as conn:
+        with self.write(exclusive=True) as conn:
             for row in conn.execute(q).all():
                 txn.transition(
                     conn,
@@ -459,14 +502,8 @@ class Store(Database):
 
         Two index seeks (partial indexes), whatever the number of tasks.
         """
-        running = select(tasks.c.id).where(text("state = 'running'")).limit(1)
-        todo = (
-            select(tasks.c.id)
-            .where(text(TODO_SQL), tasks.c.requirements.in_(list(allowed)))
-            .limit(1)
-        )
         with self.read() as conn:
-            return (conn.execute(running).first() or conn.execute(todo).first()) is not None
+            return _unfinished(conn, allowed)
 
     def failed(self, limit: int = 20) -> list[str]:
         """Tasks failed or killed for good (retries are already back to pending)."""

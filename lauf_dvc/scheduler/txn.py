@@ -64,9 +64,26 @@ _DELETE_ASSIGNMENT = delete(assignments).where(
 )
 _STATE_OF = select(tasks.c.state).where(tasks.c.id == bindparam("b_id"))
 _RUNNING_OF = select(tasks.c.running, tasks.c.state).where(tasks.c.id == bindparam("b_id"))
+_DEPENDENTS = select(edges.c.task).where(edges.c.dep == bindparam("b_dep"))
 _WAITING = (
     update(tasks)
-    .where(tasks.c.id.in_(select(edges.c.task).where(edges.c.dep == bindparam("b_dep"))))
+    .where(tasks.c.id.in_(_DEPENDENTS))
+    .values(waiting=tasks.c.waiting - bindparam("b_delta"))
+)
+# PostgreSQL locks the rows of a multi-row UPDATE in whatever order its plan visits them:
+# two completions sharing dependents could each wait for the other (a deadlock, and one
+# of them aborted). Locking them in id order (in the same statement) makes every such
+# wait one-way. SQLite has one writer at a time, and maybe no UPDATE ... FROM (< 3.33).
+_LOCKED_DEPENDENTS = (
+    select(tasks.c.id)
+    .where(tasks.c.id.in_(_DEPENDENTS))
+    .order_by(tasks.c.id)
+    .with_for_update()
+    .subquery("locked")
+)
+_WAITING_IN_ORDER = (
+    update(tasks)
+    .where(tasks.c.id == _LOCKED_DEPENDENTS.c.id)
     .values(waiting=tasks.c.waiting - bindparam("b_delta"))
 )
 _COLS = (tasks.c.id, tasks.c.state, tasks.c.last_fingerprint, tasks.c.priority, tasks.c.seq)
@@ -90,26 +107,36 @@ _JOINABLE = (
     .order_by(*_ORDER)
     .limit(8)
 )
-_MARK_BUILT = {
-    True: update(tasks)
-    .where(tasks.c.id == bindparam("b_id"))
-    .values(built_at=tasks.c.event_id, changed_at=tasks.c.event_id),
-    False: update(tasks).where(tasks.c.id == bindparam("b_id")).values(built_at=tasks.c.event_id),
-}
-_SET_STATE: dict[tuple[str, ...], Any] = {}
+_SET_STATE: dict[tuple[bool, tuple[str, ...], tuple[str, ...]], Any] = {}
+_EVENT_COLS = ("task_id", "state", "fingerprint", "worker", "time", "reason")
 
 
-def _set_state(keys: tuple[str, ...]) -> Any:
-    """``UPDATE tasks SET state, event_id, reason, updated, *keys WHERE id AND state``."""
-    stmt = _SET_STATE.get(keys)
+def _set_state(keys: tuple[str, ...], stamp: tuple[str, ...], *, with_event: bool) -> Any:
+    """``UPDATE tasks SET state, event_id, reason, updated, *keys, *stamp WHERE id AND
+    state``. ``with_event`` (PostgreSQL): the event is inserted by the same statement, in
+    a ``WITH ... INSERT ... RETURNING`` (one round trip, not two); else ``b_event_id``
+    is the id of the event inserted before."""
+    stmt = _SET_STATE.get((with_event, keys, stamp))
     if stmt is None:
-        cols = ("state", "event_id", "reason", "updated", *keys)
-        stmt = (
-            update(tasks)
-            .where(tasks.c.id == bindparam("b_id"), tasks.c.state == bindparam("b_expected"))
-            .values({c: bindparam(f"b_{c}") for c in cols})
+        cols = ("state", "reason", "updated", *keys)
+        values: dict[str, Any] = {c: bindparam(f"b_{c}") for c in cols}
+        stmt = update(tasks).where(
+            tasks.c.id == bindparam("b_id"), tasks.c.state == bindparam("b_expected")
         )
-        _SET_STATE[keys] = stmt
+        if with_event:
+            new = (
+                insert(events)
+                .values({c: bindparam(f"e_{c}") for c in _EVENT_COLS})
+                .returning(events.c.id)
+                .cte("new_event")
+            )
+            event_id: Any = select(new.c.id).scalar_subquery()
+            stmt = stmt.add_cte(new)
+        else:
+            event_id = bindparam("b_event_id")
+        values.update(dict.fromkeys(("event_id", *stamp), event_id))
+        stmt = stmt.values(values)
+        _SET_STATE[(with_event, keys, stamp)] = stmt
     return stmt
 
 
@@ -124,24 +151,34 @@ def transition(
     reason: str | None,
     fingerprint: str | None = None,
     values: dict[str, Any] | None = None,
+    stamp: tuple[str, ...] = (),
 ) -> None:
-    """The one way a task changes state: checked, conditional on ``expected``, logged."""
+    """The one way a task changes state: checked, conditional on ``expected``, logged.
+
+    ``values``: more columns to set; ``stamp``: columns to set to the new event's id.
+    """
     check_transition(task_id, expected, new)
     now = at(now)
     event = dict(task_id=task_id, state=new.value, fingerprint=fingerprint, worker=worker,
                  time=now, reason=reason)  # fmt: skip
-    event_id = conn.execute(_INSERT_EVENT, event).inserted_primary_key[0]
     extra = values or {}
     params = {f"b_{k}": v for k, v in extra.items()}
     params.update(b_id=task_id, b_expected=expected.value, b_state=new.value,
-                  b_event_id=event_id, b_reason=reason, b_updated=now)  # fmt: skip
-    res = conn.execute(_set_state(tuple(sorted(extra))), params)
-    if res.rowcount != 1:
+                  b_reason=reason, b_updated=now)  # fmt: skip
+    with_event = conn.dialect.name == "postgresql"
+    if with_event:
+        params.update({f"e_{k}": v for k, v in event.items()})
+    else:
+        params["b_event_id"] = conn.execute(_INSERT_EVENT, event).inserted_primary_key[0]
+    stmt = _set_state(tuple(sorted(extra)), stamp, with_event=with_event)
+    res = conn.execute(stmt, params)
+    if res.rowcount != 1:  # (PostgreSQL: the event is rolled back with the transaction)
         actual = conn.execute(_STATE_OF, {"b_id": task_id}).scalar()
         raise IllegalTransition(task_id, actual, new, f"expected it to be {expected}")
     delta = int(new == S.COMPLETED) - int(expected == S.COMPLETED)
     if delta:
-        conn.execute(_WAITING, {"b_dep": task_id, "b_delta": delta})
+        waiting = _WAITING_IN_ORDER if conn.dialect.name == "postgresql" else _WAITING
+        conn.execute(waiting, {"b_dep": task_id, "b_delta": delta})
 
 
 # -- claiming ------------------------------------------------------------------------
@@ -257,14 +294,15 @@ def complete(
         reason=reason,
         fingerprint=fingerprint,
         values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None),
+        stamp=built(ran),
     )
-    mark_built(conn, task_id, ran=ran)
     return True
 
 
-def mark_built(conn: Connection, task_id: str, *, ran: bool) -> None:
-    """Stamp a completion with its event id (a clock every database agrees on)."""
-    conn.execute(_MARK_BUILT[ran], {"b_id": task_id})
+def built(ran: bool) -> tuple[str, ...]:
+    """The columns that stamp a completion with its event id (a clock every database agrees
+    on): ``built_at``, and ``changed_at`` too if the task really ran."""
+    return ("built_at", "changed_at") if ran else ("built_at",)
 
 
 def _release(conn: Connection, task_id: str, worker: str) -> bool:
@@ -381,6 +419,11 @@ def cascade(
     """Move every task downstream of ``root`` that is in one of ``only`` to ``new``."""
     allowed = {s.value for s in only}
     hit = []
+    if conn.dialect.name == "postgresql":  # lock in id order, as transition() does
+        ids = sorted(i for i, state in downstream(conn, root) if state in allowed)
+        conn.execute(
+            select(tasks.c.id).where(tasks.c.id.in_(ids)).order_by(tasks.c.id).with_for_update()
+        ).all()
     for task_id, state in downstream(conn, root):
         if state in allowed:
             transition(conn, task_id, S(state), new, now=now, worker=worker, reason=reason)

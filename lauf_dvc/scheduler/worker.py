@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from lauf_dvc.config import SchedulerSettings
-from lauf_dvc.errors import FailurePolicyStop, LaufError
+from lauf_dvc.errors import ConfigError, FailurePolicyStop, LaufError
 from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.store import Claimed, Store, TaskSpec, requirements_key
 from lauf_dvc.states import TaskState
@@ -82,6 +82,11 @@ class Worker(Generic[T]):
     """The claim/complete protocol of one worker over a set of tasks.
 
     Use :meth:`start`, then :meth:`next_task` until it returns None, then :meth:`stop`.
+
+    ``max_idle`` (seconds, None: no limit): :meth:`next_task` gives up and returns None
+    once it has waited that long without claiming anything while the tasks left are
+    blocked by tasks running elsewhere (:attr:`stopped_idle` then tells why). ``clock``
+    measures that wait (monotonic seconds; tests pass a fake one).
     """
 
     def __init__(
@@ -93,13 +98,20 @@ class Worker(Generic[T]):
         identifier: str,
         labels: frozenset[str],
         locks: LockSet,
+        max_idle: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_idle is not None and max_idle < 0:
+            raise ConfigError(f"max_idle must be >= 0 seconds, got {max_idle}")
         self.tasks = tasks
         self.store = store
         self.settings = settings
         self.identifier = identifier
         self.labels = labels
         self.locks = locks
+        self.max_idle = max_idle
+        self.clock = clock
+        self.stopped_idle = False
         keys = {requirements_key(t.requirements) for t in tasks.values()}
         self.allowed: Sequence[str] = sorted(
             k for k in keys if set(filter(None, k.split(","))) <= labels
@@ -195,9 +207,12 @@ class Worker(Generic[T]):
         ``fingerprint`` replaces the one computed at claim time; ``ran=False`` records an
         early cutoff found by the caller (downstream tasks need not run because of it).
         Waits (with backoff) while the remaining tasks are blocked by tasks running
-        elsewhere; returns None when nothing this worker may run remains.
+        elsewhere; returns None when nothing this worker may run remains, or when it
+        waited longer than ``max_idle``.
         """
         backoff = MIN_BACKOFF
+        idle_since: float | None = None
+        self.stopped_idle = False
         claimed: Claimed | None = None
         if finished and self._claimed is not None:
             if fingerprint is not None:
@@ -208,18 +223,36 @@ class Worker(Generic[T]):
                 if stop():
                     return None
                 self._check_policy()
-                claimed = self.store.claim(self.identifier, allowed=self.allowed, join=self._join)
+                polled = self.store.poll(self.identifier, allowed=self.allowed, join=self._join)
+                if polled is False:  # nothing left this worker may run
+                    return None
+                claimed = None if polled is True else polled
             if claimed is None:
-                if not self.store.has_unfinished(self.allowed):
+                idle_since = self.clock() if idle_since is None else idle_since
+                if self._idle_too_long(idle_since):
                     return None
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
-            backoff = MIN_BACKOFF
+            backoff, idle_since = MIN_BACKOFF, None
             task = self._prepare(claimed)
             if task is not None:
                 return task
             claimed = None
+
+    def _idle_too_long(self, since: float) -> bool:
+        idle = self.clock() - since
+        if self.max_idle is None or idle < self.max_idle:
+            return False
+        log.info(
+            "worker %s: nothing to claim for %.1f s (max_idle %s s) while the tasks left "
+            "wait for tasks running elsewhere: stopping",
+            self.identifier,
+            idle,
+            self.max_idle,
+        )
+        self.stopped_idle = True
+        return True
 
     def fail_current(self, reason: str, info: dict[str, Any] | None = None) -> None:
         """The task handed out last failed (retried within the budget)."""
@@ -315,6 +348,7 @@ class _Heartbeat(threading.Thread):
         w = self.worker
         while not self._halt.wait(w.settings.heartbeat_interval):
             try:
+                w.store.refresh_lock()  # first: a long transaction may hold it right now
                 alive = w.store.heartbeat(w.identifier, timeout=w.settings.heartbeat_timeout)
                 if not alive:  # we were presumed dead (suspended?): come back to life
                     log.error(

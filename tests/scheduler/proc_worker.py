@@ -1,5 +1,7 @@
 """A worker process for the multi-process tests: `python proc_worker.py DB SHAPE N DIR`.
 
+Options pass Graphband settings (``--lock flufl``, ``--max-idle``, heartbeats).
+
 Each task creates its marker file with O_EXCL (a second run of a task fails loudly),
 so "exactly once" is a property of the file system, not of our bookkeeping.
 """
@@ -27,6 +29,15 @@ def layered(n: int, width: int = 10, fan_in: int = 2, seed: int = 7) -> list[Tas
     return tasks
 
 
+def random_dag(n: int, max_deps: int = 3, seed: int = 11) -> list[Task]:
+    """Each task depends on up to ``max_deps`` tasks drawn from all earlier ones."""
+    rng = random.Random(seed)
+    return [
+        Task(f"t{i}", dependencies=[f"t{j}" for j in rng.sample(range(i), min(i, k))])
+        for i, k in ((i, rng.randint(0, max_deps)) for i in range(n))
+    ]
+
+
 def chain(n: int) -> list[Task]:
     return [Task(f"t{i}", dependencies=[f"t{i - 1}"] if i else []) for i in range(n)]
 
@@ -35,7 +46,7 @@ def independent(n: int) -> list[Task]:
     return [Task(f"t{i}") for i in range(n)]
 
 
-SHAPES = {"layered": layered, "chain": chain, "independent": independent}
+SHAPES = {"layered": layered, "random": random_dag, "chain": chain, "independent": independent}
 
 
 def main() -> int:
@@ -47,6 +58,8 @@ def main() -> int:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--heartbeat-interval", type=float, default=None)
     p.add_argument("--heartbeat-timeout", type=float, default=None)
+    p.add_argument("--lock", choices=["auto", "wal", "flufl"], default=None)
+    p.add_argument("--max-idle", type=float, default=None)
     args = p.parse_args()
     markers = args.dir / "markers"
     markers.mkdir(parents=True, exist_ok=True)
@@ -56,6 +69,8 @@ def main() -> int:
         db=args.db,
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
+        lock=args.lock,
+        max_idle=args.max_idle,
     )
     for task in gb:
         if args.shape == "slow":

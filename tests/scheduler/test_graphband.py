@@ -214,3 +214,28 @@ def test_audit_trail_lists_every_state_with_its_fingerprint(sqlite_url):
 def test_stop_policy_does_not_treat_invalidated_as_failure(sqlite_url):
     run_fp(sqlite_url, {"a": "1", "b": "1", "c": "1"})
     assert run_fp(sqlite_url, {"a": "2", "b": "2", "c": "1"}, failure_policy="stop") == ["a", "b"]
+
+
+# -- max_idle ----------------------------------------------------------------------------
+
+
+def test_max_idle_stops_a_worker_whose_work_is_blocked_elsewhere(sqlite_url, monkeypatch):
+    tasks = [Task("a"), Task("b", dependencies=["a"])]
+    busy = iter(Graphband(tasks, db=sqlite_url, identifier="busy"))
+    assert next(busy).id == "a"  # "busy" runs a; b waits for it
+    idle = Graphband(tasks, db=sqlite_url, identifier="idle", max_idle=0.05)
+    assert ids(idle) == [] and idle.stopped_idle
+    assert states(idle) == {"a": S.RUNNING, "b": S.PENDING}  # nothing taken or lost
+    assert {w["id"]: w["state"] for w in idle.store.workers()}["idle"] == "offline"
+    assert next(busy).id == "b" and list(busy) == []
+    monkeypatch.setenv("LAUF_DVC_MAX_IDLE", "0")
+    done = Graphband(tasks, db=sqlite_url, identifier="late")
+    assert done.max_idle == 0 and ids(done) == [] and not done.stopped_idle  # no work left
+
+
+def test_max_idle_must_not_be_negative(sqlite_url, monkeypatch):
+    with pytest.raises(ConfigError, match="max_idle"):
+        Graphband(chain(1), db=sqlite_url, max_idle=-1)
+    monkeypatch.setenv("LAUF_DVC_MAX_IDLE", "-5")
+    with pytest.raises(ConfigError, match="LAUF_DVC_MAX_IDLE"):
+        Graphband(chain(1), db=sqlite_url)

@@ -61,6 +61,17 @@ def test_a_task_is_claimed_once(db_url):
     assert store.has_unfinished([""])  # running elsewhere: a worker must wait, not quit
 
 
+def test_poll_claims_or_says_whether_to_wait(db_url):
+    store = make(db_url, [TaskSpec("a"), TaskSpec("b", ("a",))], workers=("w1", "w2"))
+    assert store.poll("w1", allowed=[""], now=NOW).id == "a"
+    assert store.poll("w2", allowed=[""], now=NOW) is True  # b waits for a, running elsewhere
+    assert store.poll("w2", allowed=["gpu"], now=NOW) is True  # a is running: wait
+    assert store.complete("a", "w1", now=NOW, fingerprint=None)
+    assert store.poll("w2", allowed=[""], now=NOW).id == "b"
+    assert store.complete("b", "w2", now=NOW, fingerprint=None)
+    assert store.poll("w1", allowed=[""], now=NOW) is False  # nothing left
+
+
 def test_priority_then_first_come(db_url):
     specs = [TaskSpec("low"), TaskSpec("high", priority=5), TaskSpec("low2")]
     store = make(db_url, specs)

@@ -1,0 +1,131 @@
+"""The NFS-safe SQLite mode: detecting a network filesystem, and ``lock: flufl`` itself."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from lauf_dvc import ConfigError, Graphband, Store, StoreError, Task
+from lauf_dvc.scheduler.engine import sqlite_lock_mode
+from lauf_dvc.scheduler.netfs import filesystem_type, network_filesystem
+from lauf_dvc.scheduler.store import TaskSpec
+
+MOUNTS = r"""sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+/dev/sda1 / ext4 rw,relatime 0 0
+fileserver:/export/home /home nfs4 rw,relatime,vers=4.2,hard,proto=tcp 0 0
+/dev/sdb1 /home/local ext4 rw,relatime 0 0
+10.0.0.5@o2ib:/scratch /scratch lustre rw,flock,lazystatfs 0 0
+alice@laptop:/data /mnt/my\040data fuse.sshfs rw,nosuid,nodev 0 0
+//nas/share /mnt/share cifs rw,vers=3.0 0 0
+tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
+fileserver:/export/tmp /tmp nfs rw,vers=3 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/home/alice/repo/.dvc/tmp/lauf/lauf.sqlite", "nfs4"),
+        ("/home", "nfs4"),
+        ("/home/local/repo/db.sqlite", "ext4"),  # the longest mount point wins
+        ("/homework/db.sqlite", "ext4"),  # a prefix of the name is not a parent directory
+        ("/scratch/run/db.sqlite", "lustre"),
+        ("/mnt/my data/db.sqlite", "fuse.sshfs"),  # octal escapes decoded
+        ("/mnt/share/x", "cifs"),
+        ("/tmp/db.sqlite", "nfs"),  # mounted over tmpfs later: the later mount hides it
+        ("/var/db.sqlite", "ext4"),
+    ],
+)
+def test_filesystem_type_is_the_longest_mount_point(path, fstype):
+    assert filesystem_type(path, MOUNTS) == fstype
+
+
+def test_only_network_filesystems_are_reported():
+    assert network_filesystem(Path("/home/alice/db.sqlite"), MOUNTS) == "nfs4"
+    assert network_filesystem(Path("/scratch/db.sqlite"), MOUNTS) == "lustre"
+    assert network_filesystem(Path("/mnt/my data/db.sqlite"), MOUNTS) == "fuse.sshfs"
+    assert network_filesystem(Path("/home/local/db.sqlite"), MOUNTS) is None
+    assert network_filesystem(Path("/var/db.sqlite"), MOUNTS) is None
+    assert filesystem_type("/x", "") is None
+
+
+def test_auto_is_flufl_on_a_network_filesystem_with_one_warning(caplog):
+    nfs = "sqlite:////home/alice/auto-test/lauf.sqlite"
+    with caplog.at_level(logging.WARNING, logger="lauf_dvc.scheduler.engine"):
+        assert sqlite_lock_mode(nfs, "auto", mounts=MOUNTS) == "flufl"
+        assert sqlite_lock_mode(nfs, "auto", mounts=MOUNTS) == "flufl"
+    (warning,) = caplog.records
+    assert "network filesystem (nfs4)" in warning.getMessage()
+    assert sqlite_lock_mode(nfs, "wal", mounts=MOUNTS) == "wal"  # forced
+    local = "sqlite:////home/local/lauf.sqlite"
+    assert sqlite_lock_mode(local, "auto", mounts=MOUNTS) == "wal"
+    assert sqlite_lock_mode(local, "flufl", mounts=MOUNTS) == "flufl"
+    assert sqlite_lock_mode("postgresql+psycopg://u@h/db", "flufl") is None
+    with pytest.raises(ConfigError, match="lock must be one of auto, wal, flufl"):
+        sqlite_lock_mode(local, "nfs")
+
+
+def test_flufl_mode_uses_a_rollback_journal_and_releases_its_lock(tmp_path):
+    path = tmp_path / "db.sqlite"
+    store = Store(f"sqlite:///{path}", lock="flufl")
+    store.sync_graph([TaskSpec("a"), TaskSpec("b", ("a",))], worker=None)
+    assert store.sqlite_lock == "flufl"
+    store.register_worker("w", host="h", pid=1, labels="", timeout=10)
+    assert store.claim("w", allowed=[""]).id == "a"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    locks = tmp_path / "db.sqlite.locks"
+    assert locks.is_dir() and list(locks.iterdir()) == []  # lock and claim files gone
+    with store.write():
+        assert (locks / "transactions.lock").exists()
+        with store.read():  # reentrant within a thread
+            pass
+    assert list(locks.iterdir()) == []
+
+
+def test_threads_of_one_process_share_the_lock(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    Store(url, lock="flufl").sync_graph([TaskSpec(f"t{i}") for i in range(60)], worker=None)
+    taken: dict[str, list[str]] = {}
+
+    def drain(name: str) -> None:
+        store = Store(url, lock="flufl")
+        store.register_worker(name, host="h", pid=1, labels="", timeout=10)
+        mine = taken.setdefault(name, [])
+        while (claimed := store.claim(name, allowed=[""])) is not None:
+            mine.append(claimed.id)
+            store.complete(claimed.id, name, fingerprint=None)
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = [i for ids in taken.values() for i in ids]
+    assert sorted(done) == sorted(f"t{i}" for i in range(60))  # each exactly once
+
+
+def test_mixing_lock_settings_on_one_database_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    wal = Store(url, lock="wal")
+    wal.sync_graph([TaskSpec("a")], worker=None)
+    # A WAL worker has the database open:
+    with wal.read(), pytest.raises(StoreError, match="same lock setting") as err:
+        Store(url, lock="flufl").counts()
+    assert "\n" not in str(err.value)
+
+
+def test_graphband_lock_setting_comes_from_argument_or_environment(sqlite_url, monkeypatch):
+    assert Graphband([Task("a")], db=sqlite_url).lock_mode == "auto"
+    monkeypatch.setenv("LAUF_DVC_LOCK", "flufl")
+    gb = Graphband([Task("a")], db=sqlite_url)
+    assert gb.lock_mode == "flufl" and [t.id for t in gb] == ["a"]
+    assert gb.store.sqlite_lock == "flufl"
+    assert Graphband([Task("a")], db=sqlite_url, lock="wal").lock_mode == "wal"
+    monkeypatch.setenv("LAUF_DVC_LOCK", "nfs")
+    with pytest.raises(ConfigError, match="LAUF_DVC_LOCK"):
+        Graphband([Task("a")], db=sqlite_url)

@@ -15,6 +15,8 @@ from lauf_dvc.errors import (
     SchemaVersionError,
     StoreError,
 )
+from lauf_dvc.fingerprint import Fingerprint, FingerprintContext, Fingerprinter
+from lauf_dvc.hookspecs import hookimpl
 from lauf_dvc.scheduler.graphband import Graphband
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
@@ -26,6 +28,9 @@ __all__ = [
     "ConfigError",
     "ExitCode",
     "FailurePolicyStop",
+    "Fingerprint",
+    "FingerprintContext",
+    "Fingerprinter",
     "Graphband",
     "IllegalTransition",
     "LaufError",
@@ -38,4 +43,5 @@ __all__ = [
     "Task",
     "TaskState",
     "__version__",
+    "hookimpl",
 ]

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lauf_dvc.errors import ExitCode, LaufError
+from lauf_dvc.errors import ExitCode, LaufError, PipelineError
 
 EPILOG = "Exit codes: " + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode)
 
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="keep only the latest events of each stage")
     pr.add_argument("--keep", type=int, default=20)
+
+    pl = sub.add_parser("plugins", help="every plugin, where it comes from, its hooks")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -63,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # DVC sets its own logger to INFO: its chatter ("Updating lock file") is not ours to show
+    logging.getLogger("dvc").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(COMMANDS[args.command](args))
     except LaufError as exc:
@@ -133,7 +138,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     project = open_project((), _settings(args))
     events = project.store().history(args.stage)
     if not events:
-        raise LaufError(f"no history for stage {args.stage!r}: check the name (lauf-dvc status)")
+        # a wrong name is bad input (like an unknown target), not a bug in lauf-dvc (70)
+        raise PipelineError(
+            f"no history for stage {args.stage!r}: check the name (lauf-dvc status)"
+        )
     rows = [dict(time=e.time, state=e.state.value, worker=e.worker, reason=e.reason,
                  fingerprint=e.fingerprint) for e in events]  # fmt: skip
     if args.json:
@@ -146,8 +154,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_reset(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.project import open_project
 
-    if not args.failed and not args.stages:
-        raise LaufError("say what to reset: --failed, or stage names")
+    if not args.failed and not args.stages:  # a usage error (2), not a bug in lauf-dvc (70)
+        print("lauf-dvc: error: say what to reset: --failed, or stage names", file=sys.stderr)
+        return ExitCode.USAGE
     project = open_project((), _settings(args))
     done = project.store().reset(None if args.failed else args.stages)
     print(f"reset {len(done)} stage(s) to pending" + (f": {', '.join(done)}" if done else ""))
@@ -162,6 +171,43 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from lauf_dvc.plugins import Hooks, describe_plugins, make_plugin_manager
+
+    hooks = Hooks(make_plugin_manager(_disabled_plugins()))
+    rows = describe_plugins(hooks.pm)
+    provided: dict[str, list[str]] = {}
+    for name, fp in sorted(hooks.fingerprinters().items()):
+        provided.setdefault(hooks.plugin_of(name), []).append(f"{fp.name}@{fp.version}")
+    for row in rows:
+        row["fingerprinters"] = provided.get(row["name"], [])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return ExitCode.OK
+    width = max([len(r["name"]) for r in rows] + [6])
+    for row in rows:
+        fps = ", ".join(row["fingerprinters"])
+        extra = f" (fingerprinters: {fps})" if fps else ""
+        print(f"{row['name']:<{width}}  {row['source']}{extra}")
+        for hook in row["hooks"]:
+            print(f"{'':<{width}}    {hook}")
+    return ExitCode.OK
+
+
+def _disabled_plugins() -> tuple[str, ...]:
+    """``disable_plugins`` of the repository around the cwd (env only outside one)."""
+    from lauf_dvc.config import ProjectSettings
+    from lauf_dvc.dvc.project import find_root, read_lauf_vars
+    from lauf_dvc.errors import PipelineError
+
+    try:
+        root = find_root()
+    except PipelineError:
+        return ProjectSettings.resolve().disable_plugins
+    yaml = read_lauf_vars(root)
+    return ProjectSettings.resolve(None, yaml, source=str(root / "dvc.yaml")).disable_plugins
+
+
 COMMANDS = {
     "repro": cmd_repro,
     "worker": cmd_worker,
@@ -169,4 +215,5 @@ COMMANDS = {
     "history": cmd_history,
     "reset": cmd_reset,
     "prune": cmd_prune,
+    "plugins": cmd_plugins,
 }

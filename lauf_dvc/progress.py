@@ -40,11 +40,13 @@ class ProgressView:
         self.total = total
         self.seen: dict[str, S] = {}
         self.live: Live | None = None
-        if console.is_terminal:
-            self.live = Live(console=console, refresh_per_second=8, transient=True)
-            self.live.start()
 
     def update(self, rows: list[TaskRow], started: float) -> None:
+        # Started on first use, after the local workers were forked: a fork must not
+        # happen while Live's refresh thread may hold a console lock.
+        if self.live is None and console.is_terminal:
+            self.live = Live(console=console, refresh_per_second=8, transient=True)
+            self.live.start()
         if self.live is not None:
             self.live.update(self._table(rows, started))
             return
@@ -128,6 +130,14 @@ def print_history(stage: str, rows: list[dict[str, Any]]) -> None:
         fp = (r["fingerprint"] or "")[:20]
         t.add_row(when, r["state"], r["worker"] or "", r["reason"] or "", fp)
     console.print(t)
+
+
+def fresh_consoles() -> None:
+    """In a forked worker: consoles with fresh locks, writing to the (redirected) fds."""
+    global console, err_console
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    console = Console(highlight=False, soft_wrap=True)
+    err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_worker_event(kind: str, address: str, result: Any) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
-from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline
+from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline, reword
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
@@ -53,8 +53,8 @@ def read_lauf_vars(root: Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise PipelineError(f"{root / 'dvc.yaml'}: vars entry 'lauf' must be a mapping")
             return value
-    except DvcException as exc:
-        raise PipelineError(f"dvc.yaml: {_one_line(exc)}") from None
+    except DvcException as exc:  # a broken dvc.yaml: say where and what, as load_pipeline does
+        raise PipelineError(reword(exc, str(root))) from None
 
 
 @dataclass
@@ -148,19 +148,23 @@ def explain(status: list[Any]) -> tuple[str, ...]:
 def dvc_verdicts(project: Project) -> dict[str, StageVerdict]:
     """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why."""
     from dvc.exceptions import DvcException
+    from dvc.stage import PipelineStage
 
-    from lauf_dvc.dvc.pipeline import locked, open_repo
-    from lauf_dvc.dvc.runner import collect_stage
+    from lauf_dvc.dvc.pipeline import address_of, locked, open_repo
 
     out: dict[str, StageVerdict] = {}
     try:
         with open_repo(project.root) as repo, locked(repo):
+            # one pass over the index (each dvc.yaml parsed once), not one load per stage
+            by_address = {
+                address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
+            }
             for info in project.stages:
-                stage = collect_stage(repo, info.address)
+                stage = by_address[info.address]
                 if stage.frozen:
                     out[info.address] = StageVerdict(info.address, False, ("frozen",))
                     continue
-                status = stage.status().get(stage.addressing, [])
+                status = _status_unlocked(stage).get(stage.addressing, [])
                 reasons = explain(status) if status else ()
                 if status and not _has_lock_entry(stage):
                     reasons = ("never run",)
@@ -168,6 +172,20 @@ def dvc_verdicts(project: Project) -> dict[str, StageVerdict]:
     except DvcException as exc:
         raise PipelineError(_one_line(exc)) from None
     return out
+
+
+def _status_unlocked(stage: Any) -> dict[str, Any]:
+    """``Stage.status()`` without DVC's read locks on the stage's paths (we hold the repo lock).
+
+    A stage that a worker is running holds write locks on its outputs from its start to its
+    commit, so with ``@rwlocked`` any sync or ``lauf-dvc status`` while the pipeline runs
+    (a worker joining late, a SLURM array job) failed with "'out' is busy". Reading without
+    them is safe: dvc.lock is consistent under the repo lock, and a stage whose files are
+    being rewritten only reads as changed, so it is never adopted as up to date.
+    """
+    from dvc.stage import Stage
+
+    return Stage.status.__wrapped__(stage)  # type: ignore[attr-defined, no-any-return]
 
 
 def _has_lock_entry(stage: Any) -> bool:
@@ -199,14 +217,17 @@ def sync(
     finds up to date, with nothing upstream to run, are adopted as completed (so a
     `dvc repro -s X` elsewhere is seen). With ``dry`` nothing is written.
     """
-    verdicts = dvc_verdicts(project)
     if reset_failures and not dry:  # a new run retries what failed in the last one
         store.reset(
             [r.id for r in store.task_rows() if r.state in (S.FAILED, S.KILLED)],
             worker=worker,
             reason="new run",
         )
+    # States first, DVC second: a stage another worker is running reads as changed to DVC
+    # (its outputs are being rewritten); read in this order, it is seen as running and
+    # left alone even if it completes meanwhile, never as completed-and-changed (re-run).
     rows = {r.id: r for r in store.task_rows()} if not dry else {}
+    verdicts = dvc_verdicts(project)
     will_run: dict[str, str] = {}
     invalidated: list[str] = []
     adopted: list[str] = []

@@ -11,18 +11,23 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lauf_dvc.dvc.project import Project, SyncReport, sync
+from lauf_dvc.errors import ExitCode, LaufError
 from lauf_dvc.scheduler.store import Store, TaskRow
 from lauf_dvc.scheduler.worker import default_identifier
 from lauf_dvc.states import TaskState
 
 S = TaskState
 POLL = 0.2
+# Fork local workers (cheap: they inherit the imports and the loaded pipeline) where fork
+# is safe; macOS's system libraries are not fork-safe, so there a worker is a new process.
+FORK = sys.platform.startswith("linux") and os.environ.get("LAUF_DVC_SPAWN") != "1"
 
 
 @dataclass
@@ -109,34 +114,120 @@ def _run_workers(
 ) -> list[str]:
     logs = project.lauf_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
-    env = worker_env(project, overrides)
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-    for i in range(jobs):
-        log_path = logs / f"worker-{i}.log"
-        with open(log_path, "wb") as fh:
-            procs.append((subprocess.Popen(
-                worker_command(targets, index=i, force=force), cwd=project.root, env=env,
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            ), log_path))  # fmt: skip
+    store.dispose()  # no pooled connection may cross a fork (SQLite forbids it)
+    procs = [
+        _start(project, targets, index=i, force=force, overrides=overrides,
+               log_path=logs / f"worker-{i}.log")
+        for i in range(jobs)
+    ]  # fmt: skip
     try:
-        while any(p.poll() is None for p, _ in procs):
+        while any(p.poll() is None for p in procs):
             if on_progress:
                 on_progress(store.task_rows(), started)
             time.sleep(POLL)
     except KeyboardInterrupt:
-        _interrupt([p for p, _ in procs])
+        _interrupt(procs)
         raise
     if on_progress:
         on_progress(store.task_rows(), started)
     errors = []
-    for p, log_path in procs:
+    for p in procs:
         if p.returncode not in (0, 1):  # 1: a stage failed, reported per stage
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            tail = p.log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
             errors.append(f"worker {p.pid} exited with {p.returncode}: {tail[0]}")
     return errors
 
 
-def _interrupt(procs: list[subprocess.Popen[bytes]]) -> None:
+class _Proc:
+    """A local worker process: forked from this one where the OS allows (it shares the
+    imports and the loaded pipeline, so it starts in milliseconds), else a fresh
+    ``lauf-dvc worker`` process. Either way it runs :func:`run_worker`, in its own
+    session (so Ctrl-C reaches it only through :func:`_interrupt`)."""
+
+    def __init__(self, pid: int, log_path: Path, popen: subprocess.Popen[bytes] | None) -> None:
+        self.pid = pid
+        self.log_path = log_path
+        self.returncode: int | None = None
+        self._popen = popen
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            if self._popen is not None:
+                self.returncode = self._popen.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.poll() is None:
+            time.sleep(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+
+def _start(
+    project: Project,
+    targets: Sequence[str],
+    *,
+    index: int,
+    force: bool,
+    overrides: Mapping[str, Any],
+    log_path: Path,
+) -> _Proc:
+    ident = f"{default_identifier()}:local-{index}"
+    if not FORK:
+        with open(log_path, "wb") as fh:
+            popen = subprocess.Popen(
+                worker_command(targets, index=index, force=force), cwd=project.root,
+                env=worker_env(project, overrides), stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return _Proc(popen.pid, log_path, popen)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return _Proc(pid, log_path, None)
+    code = int(ExitCode.INTERNAL)
+    try:  # the child: never returns into the parent's code
+        os.setsid()
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        code = _child(project, ident, force)
+    finally:
+        os._exit(code)
+
+
+def _child(project: Project, ident: str, force: bool) -> int:
+    from lauf_dvc.dvc.work import run_worker
+    from lauf_dvc.progress import fresh_consoles, print_worker_event
+
+    fresh_consoles()
+    try:
+        report = run_worker(project, identifier=ident, do_sync=False, force=force,
+                            on_event=print_worker_event)  # fmt: skip
+    except LaufError as exc:
+        print(f"lauf-dvc: error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("lauf-dvc: interrupted", file=sys.stderr, flush=True)
+        return int(ExitCode.INTERRUPTED)
+    except BaseException:
+        traceback.print_exc()
+        return int(ExitCode.INTERNAL)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if report.stopped:
+        print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr, flush=True)
+    return int(ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK)
+
+
+def _interrupt(procs: list[_Proc]) -> None:
     """First Ctrl-C: ask workers to stop (running stages are marked failed); second: kill."""
     for p in procs:
         if p.poll() is None:

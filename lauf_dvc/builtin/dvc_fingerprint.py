@@ -8,6 +8,7 @@ size are unchanged. Parameter values are read by DVC's ``ParamsDependency``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.errors import PipelineError
@@ -96,6 +97,37 @@ def _params(repo: Repo, dep: Any) -> dict[str, str]:
         _param_key(f"{path}:{key}"): json_value(values[key]) if key in values else MISSING
         for key in dep.params
     }
+
+
+def from_lock_entry(stage: StageInfo, entry: Mapping[str, Any]) -> Fingerprint:
+    """The ``dvc`` fingerprint a stage's ``dvc.lock`` entry records (what it ran with).
+
+    Same parts as :meth:`DvcFingerprinter.fingerprint` computes from the workspace, read
+    from the entry a worker just wrote: no file is hashed again. Paths in ``dvc.lock``
+    are relative to the stage's ``wdir``; parts use paths relative to the repo root.
+    """
+    import posixpath
+
+    def rel(path: str) -> str:
+        return posixpath.normpath(posixpath.join(stage.wdir, path))
+
+    def value(item: Mapping[str, Any]) -> str:
+        name = item.get("hash", "md5")
+        found = item.get(name) or item.get("md5")
+        return str(found) if found else MISSING
+
+    parts = {CMD: json_value(list(stage.cmd))}
+    whole = {p for p in stage.params if ":" not in p}
+    for path, values in (entry.get("params") or {}).items():
+        if rel(path) in whole:
+            parts[_param_key(rel(path))] = json_value(values)
+        else:
+            parts.update({_param_key(f"{rel(path)}:{k}"): json_value(v) for k, v in values.items()})
+    for item in entry.get("deps") or ():
+        parts[dep_key(rel(item["path"]))] = value(item)
+    for item in entry.get("outs") or ():
+        parts[out_key(rel(item["path"]))] = value(item)
+    return Fingerprint(DvcFingerprinter.name, DvcFingerprinter.version, parts)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
 from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline, reword
@@ -16,6 +16,9 @@ from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
 from lauf_dvc.states import TaskState
+
+if TYPE_CHECKING:
+    from lauf_dvc.plugins import Hooks
 
 log = logging.getLogger(__name__)
 S = TaskState
@@ -65,6 +68,7 @@ class Project:
     settings: ProjectSettings
     stages: list[StageInfo]
     stage_settings: dict[str, StageSettings] = field(default_factory=dict)
+    _hooks: Hooks | None = field(default=None, repr=False, compare=False)
 
     @property
     def lauf_dir(self) -> Path:
@@ -79,7 +83,27 @@ class Project:
         return self.settings.db or f"sqlite:///{self.lauf_dir / 'lauf.sqlite'}"
 
     def store(self) -> Store:
-        return Store(self.db_url)
+        """The scheduler database; every transition it commits goes to the plugins."""
+        store = Store(self.db_url, lock=self.settings.lock)
+        hooks = self.hooks()
+        store.listeners.append(
+            lambda t: hooks.task_state_changed(
+                t.task_id, t.old, t.new, t.reason, t.worker, t.fingerprint
+            )
+        )
+        return store
+
+    def hooks(self) -> Hooks:
+        """The plugin hooks of this project (one plugin manager per project object)."""
+        if self._hooks is None:
+            from lauf_dvc.plugins import Hooks, make_plugin_manager
+
+            self._hooks = Hooks(make_plugin_manager(self.settings.disable_plugins))
+        return self._hooks
+
+    def fingerprinter(self, address: str) -> str:
+        """The fingerprinter deciding whether ``address`` is stale (meta.lauf > project)."""
+        return self.stage_settings[address].fingerprint or self.settings.fingerprint
 
     def tasks(self) -> list[Task[StageInfo]]:
         selected = {s.address for s in self.stages}
@@ -120,11 +144,63 @@ def open_project(
 
 @dataclass(frozen=True)
 class StageVerdict:
-    """DVC's answer for one stage: does it need to run, and why."""
+    """Does one stage need to run, and why; ``source`` says who decided."""
 
     address: str
     changed: bool
     reasons: tuple[str, ...]
+    source: str = "dvc status"
+
+
+def stage_verdicts(
+    project: Project, rows: Mapping[str, Any]
+) -> tuple[dict[str, StageVerdict], dict[str, str]]:
+    """Which stages are stale and why, and the current fingerprint of those that have one.
+
+    A stage whose fingerprinter is ``dvc`` (the default) is judged by DVC itself, against
+    dvc.lock, exactly as ``dvc status``. A stage with another fingerprinter (``xxhash``,
+    a plugin's) is judged by comparing its fingerprint now with the one it last completed
+    with, part by part (the reasons name the parameter, dependency or output); a stage
+    that has no such fingerprint yet (never run by lauf with it) is asked of DVC once,
+    and its current fingerprint recorded when it is adopted or run.
+    """
+    from lauf_dvc.fingerprint import FingerprintContext, reasons
+
+    verdicts: dict[str, StageVerdict] = {}
+    current: dict[str, str] = {}
+    ask_dvc: set[str] = set()
+    hooks = project.hooks()
+    with FingerprintContext(project.root, lauf_dir=project.lauf_dir) as ctx:
+        for stage in project.stages:
+            a, name = stage.address, project.fingerprinter(stage.address)
+            if name == "dvc":
+                ask_dvc.add(a)
+                continue
+            fp = hooks.fingerprint(stage, ctx, name)
+            current[a] = fp.to_json()
+            row = rows.get(a)
+            stored = row.last_fingerprint if row is not None else None
+            if stage.frozen:
+                verdicts[a] = StageVerdict(a, False, ("frozen",), name)
+            elif stored is None or _parse(stored) is None:
+                ask_dvc.add(a)
+            elif stage.always_changed:
+                verdicts[a] = StageVerdict(a, True, ("always changed",), name)
+            else:
+                why = reasons(stored, fp)
+                verdicts[a] = StageVerdict(a, bool(why), tuple(why), f"{fp.label} fingerprint")
+    if ask_dvc:
+        verdicts.update(dvc_verdicts(project, ask_dvc))
+    return verdicts, current
+
+
+def _parse(text: str) -> Any:
+    from lauf_dvc.fingerprint import Fingerprint
+
+    try:
+        return Fingerprint.from_json(text)
+    except ValueError:
+        return None
 
 
 def explain(status: list[Any]) -> tuple[str, ...]:
@@ -145,8 +221,9 @@ def explain(status: list[Any]) -> tuple[str, ...]:
     return tuple(reasons)
 
 
-def dvc_verdicts(project: Project) -> dict[str, StageVerdict]:
-    """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why."""
+def dvc_verdicts(project: Project, only: set[str] | None = None) -> dict[str, StageVerdict]:
+    """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why
+    (all selected stages, or those in ``only``)."""
     from dvc.exceptions import DvcException
     from dvc.stage import PipelineStage
 
@@ -160,12 +237,14 @@ def dvc_verdicts(project: Project) -> dict[str, StageVerdict]:
                 address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
             }
             for info in project.stages:
+                if only is not None and info.address not in only:
+                    continue
                 stage = by_address[info.address]
                 if stage.frozen:
                     out[info.address] = StageVerdict(info.address, False, ("frozen",))
                     continue
                 status = _status_unlocked(stage).get(stage.addressing, [])
-                reasons = explain(status) if status else ()
+                reasons = _with_param_values(stage, explain(status)) if status else ()
                 if status and not _has_lock_entry(stage):
                     reasons = ("never run",)
                 out[info.address] = StageVerdict(info.address, bool(status), reasons)
@@ -186,6 +265,38 @@ def _status_unlocked(stage: Any) -> dict[str, Any]:
     from dvc.stage import Stage
 
     return Stage.status.__wrapped__(stage)  # type: ignore[attr-defined, no-any-return]
+
+
+def _with_param_values(stage: Any, reasons: tuple[str, ...]) -> tuple[str, ...]:
+    """Replace DVC's "params.yaml:train modified" by the values that changed
+    ("params.yaml:train.lr 0.1 -> 0.01"), from dvc.lock's record and the params file."""
+    from dvc.dependency import ParamsDependency
+
+    from lauf_dvc.dvc.pipeline import _dep_path
+    from lauf_dvc.fingerprint import Fingerprint, diff, json_value, param_key
+
+    old: dict[str, str] = {}
+    new: dict[str, str] = {}
+    for dep in stage.deps:
+        if not isinstance(dep, ParamsDependency):
+            continue
+        path = _dep_path(stage.repo, dep)
+        recorded = dep.hash_info.value if isinstance(dep.hash_info.value, dict) else {}
+        try:
+            current = dep.read_params() if dep.exists else {}
+        except Exception:  # unreadable params: DVC's own words stay
+            return reasons
+        for key in set(recorded) | set(current):
+            if key in recorded:
+                old[param_key(f"{path}:{key}")] = json_value(recorded[key])
+            if key in current:
+                new[param_key(f"{path}:{key}")] = json_value(current[key])
+    if old == new:
+        return reasons
+    precise = diff(Fingerprint("params", "1", old), Fingerprint("params", "1", new))
+    files = {k.split(":", 2)[1] for k in set(old) | set(new)}
+    kept = [r for r in reasons if not any(r.startswith(f"{f}:") for f in files)]
+    return tuple(precise + kept)
 
 
 def _has_lock_entry(stage: Any) -> bool:
@@ -213,9 +324,10 @@ def sync(
 ) -> SyncReport:
     """Bring the database in line with what DVC says is stale.
 
-    Changed completed stages become invalidated (and their downstream); stages DVC
-    finds up to date, with nothing upstream to run, are adopted as completed (so a
-    `dvc repro -s X` elsewhere is seen). With ``dry`` nothing is written.
+    Changed completed stages become invalidated (and their downstream); stages found
+    up to date, with nothing upstream to run, are adopted as completed (so a
+    `dvc repro -s X` elsewhere is seen). Each stage's fingerprinter decides (see
+    :func:`stage_verdicts`). With ``dry`` nothing is written.
     """
     if reset_failures and not dry:  # a new run retries what failed in the last one
         store.reset(
@@ -226,8 +338,8 @@ def sync(
     # States first, DVC second: a stage another worker is running reads as changed to DVC
     # (its outputs are being rewritten); read in this order, it is seen as running and
     # left alone even if it completes meanwhile, never as completed-and-changed (re-run).
-    rows = {r.id: r for r in store.task_rows()} if not dry else {}
-    verdicts = dvc_verdicts(project)
+    rows = {r.id: r for r in store.task_rows()}
+    verdicts, current = stage_verdicts(project, rows)
     will_run: dict[str, str] = {}
     invalidated: list[str] = []
     adopted: list[str] = []
@@ -251,9 +363,14 @@ def sync(
                 forget_fingerprint=force,
             )
         elif a not in will_run and state in (S.PENDING, S.INVALIDATED):
-            reason = "up to date (dvc status)"
-            if store.adopt_completed(a, fingerprint=None, worker=worker, reason=reason):
+            reason = f"up to date ({verdict.source})"
+            fp = current.get(a)
+            if store.adopt_completed(a, fingerprint=fp, worker=worker, reason=reason):
                 adopted.append(a)
+    if not dry and invalidated:
+        project.hooks().pipeline_synced(
+            {a: will_run.get(a) or "upstream changed" for a in invalidated}, project.root
+        )
     return SyncReport(verdicts, will_run, invalidated, adopted)
 
 

@@ -6,11 +6,9 @@ Used by ``lauf-dvc worker`` (a SLURM array job) and by the N local processes tha
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lauf_dvc.dvc.pipeline import StageInfo
@@ -32,13 +30,22 @@ class WorkerReport:
     stopped: str | None = None  # why the worker stopped early, if it did
 
 
-def lock_fingerprint(result: StageResult) -> str | None:
-    """A digest of the stage's dvc.lock entry: what DVC recorded it ran with."""
-    entry = getattr(result, "lock_entry", None)
-    if not entry:
-        return None
-    blob = json.dumps(entry, sort_keys=True, default=str).encode()
-    return "dvc-lock:" + hashlib.sha256(blob).hexdigest()
+def completion_fingerprint(
+    project: Project, stage: StageInfo, result: StageResult, repo: Any = None
+) -> str | None:
+    """The fingerprint a stage completes with (stored, and shown in its history).
+
+    ``dvc``: read from the ``dvc.lock`` entry the run wrote or found (nothing re-hashed);
+    another fingerprinter: computed now, from the files the stage just wrote.
+    """
+    from lauf_dvc.builtin.dvc_fingerprint import from_lock_entry
+    from lauf_dvc.fingerprint import FingerprintContext
+
+    name = project.fingerprinter(stage.address)
+    if name == "dvc":
+        return from_lock_entry(stage, result.lock_entry).to_json() if result.lock_entry else None
+    with FingerprintContext(project.root, lauf_dir=project.lauf_dir, dvc_repo=repo) as ctx:
+        return project.hooks().fingerprint(stage, ctx, name).to_json()
 
 
 def run_worker(
@@ -89,12 +96,21 @@ def _loop(
     on_event: Callable[[str, str, Any], None] | None,
 ) -> None:
     done = 0
+    hooks = project.hooks()
     with StageRunner(project.root) as runner:
         task = worker.next_task(finished=False)
         while task is not None:
             if on_event:
                 on_event("started", task.id, None)
+            hooks.stage_started(task.data, worker.identifier)
             result = _run(runner, project, task.id, force=force)
+            fingerprint = None
+            if result.outcome != "failed":
+                try:
+                    fingerprint = completion_fingerprint(project, task.data, result, runner.repo)
+                except LaufError as exc:  # e.g. a plugin's fingerprinter raised
+                    result = replace(result, outcome="failed", reason=str(exc),
+                                     log_tail=f"lauf-dvc: {exc}")  # fmt: skip
             if on_event:
                 on_event(result.outcome, task.id, result)
             done += 1
@@ -102,16 +118,21 @@ def _loop(
             if result.outcome == "failed":
                 report.failed.append(task.id)
                 worker.fail_current(_failure_reason(result), _failure_info(result))
+                hooks.stage_finished(task.data, result.outcome, result.duration,
+                                     result.returncode, worker.identifier)  # fmt: skip
                 task = None if limit else worker.next_task(finished=False)
                 continue
             (report.ran if result.outcome == "ran" else report.skipped).append(task.id)
+            finished = task.data
             task = worker.next_task(
                 finished=True,
                 stop=lambda limit=limit: limit,
-                fingerprint=lock_fingerprint(result),
+                fingerprint=fingerprint,
                 ran=result.outcome == "ran",
-                reason=None if result.outcome == "ran" else "early cutoff: up to date (dvc)",
+                reason=None if result.outcome == "ran" else f"early cutoff: {result.reason}",
             )
+            hooks.stage_finished(finished, result.outcome, result.duration, result.returncode,
+                                 worker.identifier)  # fmt: skip
 
 
 def _failure_reason(result: StageResult) -> str:

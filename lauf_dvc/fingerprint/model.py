@@ -221,8 +221,9 @@ def _param_reasons(param: str, before: str | None, after: str | None) -> list[st
     old, new = _loads(before), _loads(after)
     if isinstance(old, dict) and isinstance(new, dict):  # a whole file: name the leaves
         a, b = dict(_leaves(old)), dict(_leaves(new))
+        sep = "." if ":" in param else ":"  # params.yaml:train.lr / params.yaml:train
         return [
-            f"{param}:{leaf} {a.get(leaf, MISSING)} -> {b.get(leaf, MISSING)}"
+            f"{param}{sep}{leaf} {a.get(leaf, MISSING)} -> {b.get(leaf, MISSING)}"
             for leaf in sorted(set(a) | set(b))
             if a.get(leaf) != b.get(leaf)
         ] or [f"{param} changed"]

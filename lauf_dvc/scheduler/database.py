@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy import insert, select, text
@@ -16,6 +16,7 @@ from lauf_dvc.errors import SchemaVersionError, StoreError
 from lauf_dvc.scheduler.engine import make_engine, mask_url, sqlite_lock_mode, sqlite_path
 from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
 from lauf_dvc.scheduler.schema import SCHEMA_VERSION, meta, metadata
+from lauf_dvc.scheduler.txn import TRANSITIONS_KEY, Transition
 
 #: PostgreSQL advisory lock keys ("lauf" in ASCII, then 1, 2), held to the end of a
 #: transaction.
@@ -40,6 +41,8 @@ class Database:
         self._resolved = False
         self._sqlite_lock: str | None = None
         self._txn_lock: TransactionLock | None = None
+        #: Called with each :class:`Transition` this process makes, after its commit.
+        self.listeners: list[Callable[[Transition], None]] = []
 
     @property
     def engine(self) -> Engine:
@@ -76,10 +79,19 @@ class Database:
         engine = self.engine
         with self._errors(), self._serialised(), self._connect(engine) as plain:
             conn = plain.execution_options(lauf_write=True)
-            with conn.begin():
-                if exclusive and engine.dialect.name == "postgresql":
-                    conn.execute(_ADVISORY_LOCK, {"key": GRAPH_LOCK_KEY})
-                yield conn
+            changes: list[Transition] = []
+            conn.info[TRANSITIONS_KEY] = changes
+            try:
+                with conn.begin():
+                    if exclusive and engine.dialect.name == "postgresql":
+                        conn.execute(_ADVISORY_LOCK, {"key": GRAPH_LOCK_KEY})
+                    yield conn
+            finally:
+                conn.info.pop(TRANSITIONS_KEY, None)
+        if changes and self.listeners:  # only after the commit: never report a rollback
+            for change in changes:
+                for listener in self.listeners:
+                    listener(change)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

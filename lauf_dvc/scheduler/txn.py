@@ -20,6 +20,23 @@ from lauf_dvc.errors import IllegalTransition
 from lauf_dvc.scheduler.schema import READY_SQL, assignments, edges, events, tasks
 from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
 
+#: ``Connection.info`` key of the transitions a write transaction made (see Transition).
+TRANSITIONS_KEY = "lauf_transitions"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change, reported to :attr:`Database.listeners` after its commit."""
+
+    task_id: str
+    old: TaskState | None
+    new: TaskState
+    reason: str | None
+    worker: str | None
+    fingerprint: str | None
+    time: float
+
+
 log = logging.getLogger(__name__)
 S = TaskState
 
@@ -175,6 +192,9 @@ def transition(
     if res.rowcount != 1:  # (PostgreSQL: the event is rolled back with the transaction)
         actual = conn.execute(_STATE_OF, {"b_id": task_id}).scalar()
         raise IllegalTransition(task_id, actual, new, f"expected it to be {expected}")
+    changes = conn.info.get(TRANSITIONS_KEY)
+    if changes is not None:
+        changes.append(Transition(task_id, expected, new, reason, worker, fingerprint, now))
     delta = int(new == S.COMPLETED) - int(expected == S.COMPLETED)
     if delta:
         waiting = _WAITING_IN_ORDER if conn.dialect.name == "postgresql" else _WAITING
@@ -492,6 +512,9 @@ def _insert_tasks(
         for i, s in enumerate(new)
     ]
     conn.execute(insert(tasks), rows)
+    changes = conn.info.get(TRANSITIONS_KEY)
+    if changes is not None:
+        changes += [Transition(s.id, None, S.PENDING, "new task", worker, None, now) for s in new]
     conn.execute(
         insert(events),
         [

@@ -186,7 +186,7 @@ def test_example_project_ends_as_dvc_repro_leaves_it(twins, dvctools) -> None:
         params.write_text(params.read_text().replace("lr: 0.1", "lr: 0.05"))
     rows = status(root)
     assert stale(rows) == {"train", "evaluate", "report/dvc.yaml:summary"}
-    assert "params.yaml:train modified" in rows["train"]["reason"]  # params: [train]
+    assert "params.yaml:train.lr 0.1 -> 0.05" in rows["train"]["reason"]  # params: [train]
     assert rows["evaluate"]["reason"].startswith("upstream train")
     untouched = ["data/prepared/train.csv", *(f"features/{f}.json" for f in
                  ("sepal_length", "sepal_width", "petal_length", "petal_width"))]  # fmt: skip

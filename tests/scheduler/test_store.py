@@ -244,3 +244,21 @@ def test_claim_is_an_index_seek(sqlite_url):
     with store.read() as conn:
         plan = " ".join(r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
     assert "USING INDEX ix_tasks_ready" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_listeners_see_every_committed_transition_and_no_rolled_back_one(db_url) -> None:
+    store = Store(db_url)
+    seen = []
+    store.listeners.append(lambda t: seen.append((t.task_id, t.old, t.new)))
+    store.sync_graph([TaskSpec("a"), TaskSpec("b", ("a",))], now=NOW, worker="w1")
+    assert seen == [("a", None, S.PENDING), ("b", None, S.PENDING)]
+    store.register_worker("w1", host="h", pid=1, labels="", timeout=10, now=NOW)
+    assert run(store, fingerprint="fa") == "a"
+    assert seen[2:] == [("a", S.PENDING, S.RUNNING), ("a", S.RUNNING, S.COMPLETED)]
+    del seen[:]
+    with pytest.raises(RuntimeError), store.write() as conn:
+        txn.transition(conn, "b", S.PENDING, S.UPSTREAM_FAILED, now=NOW, worker="w1", reason="x")
+        raise RuntimeError("rolled back")
+    assert seen == []  # rolled back: never reported
+    assert states(store)["b"] == S.PENDING
+    store.dispose()

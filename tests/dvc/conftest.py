@@ -159,6 +159,12 @@ def _walk(root: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def twins(dvc_repo) -> Callable[[dict[str, str]], tuple[Path, Path]]:
+    """Two identical fresh repositories: one for lauf, one for `dvc repro`."""
+    return lambda files: (dvc_repo(files, name="lauf"), dvc_repo(files, name="dvc"))
+
+
+@pytest.fixture
 def dvctools() -> SimpleNamespace:
     return SimpleNamespace(
         reproduce=reproduce,

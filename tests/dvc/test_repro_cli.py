@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +145,6 @@ def assert_one_error_line(res: Result, code: ExitCode, *words: str) -> None:
     for word in words:
         assert word in lines[0], lines[0]
     assert "Traceback" not in res.err
-
-
-@pytest.fixture
-def twins(dvc_repo) -> Callable[[dict[str, str]], tuple[Path, Path]]:
-    """Two identical fresh repositories: one for lauf, one for `dvc repro`."""
-    return lambda files: (dvc_repo(files, name="lauf"), dvc_repo(files, name="dvc"))
 
 
 # -- equivalence, exactly once, in order ------------------------------------------------

@@ -1,0 +1,114 @@
+"""``lauf-dvc status`` vs ``dvc status`` on a large generated pipeline, side by side.
+
+The pipeline: N stages in chains of 10; each reads its own data file, one parameter and
+the previous stage's output of its chain, and writes one output. It is reproduced once
+(by lauf, with the ``xxhash`` fingerprinter, so fingerprints are recorded), then timed:
+
+- nothing changed: ``dvc status``, ``lauf-dvc status`` with ``xxhash`` (fingerprints
+  compared, unchanged files not re-read thanks to the stat cache) and with ``dvc`` (the
+  default: DVC's own status, so at best as fast as ``dvc status``);
+- one parameter changed (one chain of 10 stages stale): the same three.
+
+Usage: python bench/status.py [--stages 1000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
+       "GIT_AUTHOR_EMAIL": "bench@example.invalid", "GIT_COMMITTER_NAME": "bench",
+       "GIT_COMMITTER_EMAIL": "bench@example.invalid"}  # fmt: skip
+
+
+def make_repo(root: Path, n: int) -> None:
+    (root / "data").mkdir(parents=True)
+    (root / "out").mkdir()
+    stages, params = {}, {}
+    for i in range(n):
+        (root / "data" / f"d{i}.txt").write_text(f"data {i}\n" * 100)
+        params[f"s{i}"] = {"x": i}
+        deps = [f"data/d{i}.txt"] + ([f"out/o{i - 1}.txt"] if i % 10 else [])
+        stages[f"s{i:04d}"] = {
+            "cmd": f"cat {' '.join(deps)} > out/o{i}.txt",
+            "deps": deps,
+            "params": [f"s{i}.x"],
+            "outs": [f"out/o{i}.txt"],
+        }
+    (root / "params.yaml").write_text(json.dumps(params, indent=1))
+    (root / "dvc.yaml").write_text(json.dumps({"stages": stages}, indent=1))
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):  # fmt: skip
+        subprocess.run(cmd, cwd=root, check=True, env=ENV, capture_output=True)
+
+
+def timed(cmd: list[str], root: Path, **env: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env={**ENV, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return wall
+
+
+def measure(root: Path, repeat: int) -> dict[str, float]:
+    """Median wall of each status command, interleaved so noise hits all alike."""
+    cmds = {
+        "dvc status": ([str(BIN / "dvc"), "status"], {}),
+        "lauf-dvc status (xxhash)": (
+            [str(BIN / "lauf-dvc"), "status"], {"LAUF_DVC_FINGERPRINT": "xxhash"}),
+        "lauf-dvc status (dvc)": (
+            [str(BIN / "lauf-dvc"), "status"], {"LAUF_DVC_FINGERPRINT": "dvc"}),
+    }  # fmt: skip
+    walls: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeat):
+        for name, (cmd, env) in cmds.items():
+            walls[name].append(timed(cmd, root, **env))
+    return {k: round(statistics.median(v), 2) for k, v in walls.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stages", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=4)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lauf-bench-status-") as tmp:
+        root = Path(tmp) / "repo"
+        make_repo(root, args.stages)
+        setup = timed([str(BIN / "lauf-dvc"), "repro", "-j", str(args.jobs)], root,
+                      LAUF_DVC_FINGERPRINT="xxhash")  # fmt: skip
+        unchanged = measure(root, args.repeat)
+        params = json.loads((root / "params.yaml").read_text())
+        params["s0"]["x"] = -1  # s0000 .. s0009 become stale
+        (root / "params.yaml").write_text(json.dumps(params, indent=1))
+        changed = measure(root, args.repeat)
+    result = dict(date=datetime.date.today().isoformat(), stages=args.stages,
+                  cpus=os.cpu_count(), setup_repro_s=round(setup, 1),
+                  unchanged=unchanged, one_param_changed=changed)  # fmt: skip
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"status-{result['date']}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    print(f"\n| {args.stages} stages | " + " | ".join(unchanged) + " |")
+    print("|---|" + "---|" * len(unchanged))
+    for label, row in (("nothing changed", unchanged), ("one param changed", changed)):
+        base = row["dvc status"]
+        cells = [f"{v} s ({base / v:.1f}x)" if k != "dvc status" else f"{v} s"
+                 for k, v in row.items()]  # fmt: skip
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

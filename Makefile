@@ -26,8 +26,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/scheduler.py
-	@if [ -f bench/pipeline.py ]; then $(BIN)/python bench/pipeline.py; fi
-	@if [ -f bench/fingerprint.py ]; then $(BIN)/python bench/fingerprint.py; fi
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/fingerprint.py
+	$(BIN)/python bench/status.py
 
 lint: venv
 	$(BIN)/ruff check .

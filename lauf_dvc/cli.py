@@ -88,7 +88,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from lauf_dvc.progress import ProgressView, print_dry_run, print_summary
 
     policy = "continue" if args.keep_going else None
-    project = open_project(args.targets, _settings(args, jobs=args.jobs, failure_policy=policy))
+    project = open_project(args.targets, _settings(args, jobs=args.jobs, failure_policy=policy),
+                           prefetch_verdicts=args.dry)  # fmt: skip
     if args.dry:
         print_dry_run(project, sync(project, project.store(), worker=None, force=args.force,
                                     dry=True))  # fmt: skip
@@ -122,7 +123,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.project import open_project, status_rows
     from lauf_dvc.progress import print_status
 
-    project = open_project(args.targets, _settings(args))
+    project = open_project(args.targets, _settings(args), prefetch_verdicts=True)
     rows = status_rows(project)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -68,7 +68,13 @@ def load_pipeline(root: str | Path, targets: Sequence[str] = ()) -> list[StageIn
         PipelineError: broken ``dvc.yaml``, dependency cycle, output declared twice,
             unknown target, not a DVC repository. ``str()`` is one line.
     """
-    with open_repo(root) as repo, locked(repo), dvc_errors(repo.root_dir):
+    with open_repo(root) as repo, locked(repo):
+        return load_locked(repo, targets)
+
+
+def load_locked(repo: Repo, targets: Sequence[str] = ()) -> list[StageInfo]:
+    """:func:`load_pipeline` with an open repository whose lock the caller holds."""
+    with dvc_errors(repo.root_dir):
         graph = repo.index.graph
         selected = select_stages(repo, graph, targets)
         return [_info(repo, graph, stage) for stage in _ordered(repo, graph, selected)]

@@ -3,6 +3,7 @@ each is stale (asked of DVC itself, so lauf's verdict is ``dvc status``'s)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
-from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline, reword
+from lauf_dvc.dvc.pipeline import StageInfo, reword
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
@@ -39,7 +40,7 @@ def find_root(start: str | Path | None = None) -> Path:
         ) from None
 
 
-def read_lauf_vars(root: Path) -> dict[str, Any]:
+def read_lauf_vars(root: Path, repo: Any = None) -> dict[str, Any]:
     """The ``lauf`` entry of the root dvc.yaml's ``vars`` (as DVC resolves it), or {}."""
     from dvc.dvcfile import ProjectFile
     from dvc.exceptions import DvcException
@@ -48,7 +49,7 @@ def read_lauf_vars(root: Path) -> dict[str, Any]:
     if not (root / "dvc.yaml").exists():
         return {}
     try:
-        with Repo(str(root)) as repo:
+        with contextlib.nullcontext(repo) if repo is not None else Repo(str(root)) as repo:
             context = ProjectFile(repo, str(root / "dvc.yaml")).resolver.context
             if "lauf" not in context:
                 return {}
@@ -69,6 +70,7 @@ class Project:
     stages: list[StageInfo]
     stage_settings: dict[str, StageSettings] = field(default_factory=dict)
     _hooks: Hooks | None = field(default=None, repr=False, compare=False)
+    _prefetched: dict[str, StageVerdict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def lauf_dir(self) -> Path:
@@ -128,15 +130,32 @@ def open_project(
     targets: Sequence[str] = (),
     cli: Mapping[str, Any] | None = None,
     start: str | Path | None = None,
+    *,
+    prefetch_verdicts: bool = False,
 ) -> Project:
-    """Find the repository, read its settings and pipeline; every problem is one line."""
+    """Find the repository, read its settings and pipeline; every problem is one line.
+
+    ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
+    ``status``, ``repro --dry``; a sync that writes must read states first).
+    """
+    from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo
+
     root = find_root(start)
-    settings = ProjectSettings.resolve(cli, read_lauf_vars(root), source=str(root / "dvc.yaml"))
-    stages = load_pipeline(root, targets)
-    stage_settings = {
-        s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}") for s in stages
-    }
-    return Project(root, settings, stages, stage_settings)
+    # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
+    # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
+    with open_repo(root) as repo, locked(repo):
+        lauf_vars = read_lauf_vars(root, repo)
+        settings = ProjectSettings.resolve(cli, lauf_vars, source=str(root / "dvc.yaml"))
+        stages = load_locked(repo, targets)
+        stage_settings = {
+            s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}")
+            for s in stages
+        }
+        project = Project(root, settings, stages, stage_settings)
+        if prefetch_verdicts:
+            dvc_stages = {s.address for s in stages if project.fingerprinter(s.address) == "dvc"}
+            project._prefetched = _verdicts_locked(repo, stages, dvc_stages)
+    return project
 
 
 # -- staleness ---------------------------------------------------------------------------
@@ -153,7 +172,7 @@ class StageVerdict:
 
 
 def stage_verdicts(
-    project: Project, rows: Mapping[str, Any]
+    project: Project, rows: Mapping[str, Any], *, prefetched: bool = False
 ) -> tuple[dict[str, StageVerdict], dict[str, str]]:
     """Which stages are stale and why, and the current fingerprint of those that have one.
 
@@ -189,6 +208,9 @@ def stage_verdicts(
             else:
                 why = reasons(stored, fp)
                 verdicts[a] = StageVerdict(a, bool(why), tuple(why), f"{fp.label} fingerprint")
+    if ask_dvc and prefetched and project._prefetched is not None:
+        verdicts.update({a: v for a, v in project._prefetched.items() if a in ask_dvc})
+        ask_dvc -= set(project._prefetched)
     if ask_dvc:
         verdicts.update(dvc_verdicts(project, ask_dvc))
     return verdicts, current
@@ -224,30 +246,40 @@ def explain(status: list[Any]) -> tuple[str, ...]:
 def dvc_verdicts(project: Project, only: set[str] | None = None) -> dict[str, StageVerdict]:
     """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why
     (all selected stages, or those in ``only``)."""
+    from lauf_dvc.dvc.pipeline import locked, open_repo
+
+    with open_repo(project.root) as repo, locked(repo):
+        return _verdicts_locked(repo, project.stages, only)
+
+
+def _verdicts_locked(
+    repo: Any, stages: Sequence[StageInfo], only: set[str] | None
+) -> dict[str, StageVerdict]:
     from dvc.exceptions import DvcException
     from dvc.stage import PipelineStage
 
-    from lauf_dvc.dvc.pipeline import address_of, locked, open_repo
+    from lauf_dvc.dvc.pipeline import address_of
 
     out: dict[str, StageVerdict] = {}
     try:
-        with open_repo(project.root) as repo, locked(repo):
-            # one pass over the index (each dvc.yaml parsed once), not one load per stage
-            by_address = {
-                address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
-            }
-            for info in project.stages:
-                if only is not None and info.address not in only:
-                    continue
-                stage = by_address[info.address]
-                if stage.frozen:
-                    out[info.address] = StageVerdict(info.address, False, ("frozen",))
-                    continue
-                status = _status_unlocked(stage).get(stage.addressing, [])
-                reasons = _with_param_values(stage, explain(status)) if status else ()
-                if status and not _has_lock_entry(stage):
-                    reasons = ("never run",)
-                out[info.address] = StageVerdict(info.address, bool(status), reasons)
+        # one pass over the index (each dvc.yaml parsed once), not one load per stage
+        by_address = {
+            address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
+        }
+        for info in stages:
+            if only is not None and info.address not in only:
+                continue
+            stage = by_address[info.address]
+            if stage.frozen:
+                out[info.address] = StageVerdict(info.address, False, ("frozen",))
+                continue
+            status = _status_unlocked(stage).get(stage.addressing, [])
+            reasons: tuple[str, ...] = ()
+            if status and not _has_lock_entry(stage):
+                reasons = ("never run",)
+            elif status:
+                reasons = _with_param_values(stage, explain(status))
+            out[info.address] = StageVerdict(info.address, bool(status), reasons)
     except DvcException as exc:
         raise PipelineError(_one_line(exc)) from None
     return out
@@ -339,7 +371,7 @@ def sync(
     # (its outputs are being rewritten); read in this order, it is seen as running and
     # left alone even if it completes meanwhile, never as completed-and-changed (re-run).
     rows = {r.id: r for r in store.task_rows()}
-    verdicts, current = stage_verdicts(project, rows)
+    verdicts, current = stage_verdicts(project, rows, prefetched=dry)
     will_run: dict[str, str] = {}
     invalidated: list[str] = []
     adopted: list[str] = []

@@ -6,17 +6,20 @@ local and cluster runs share one code path; this process only syncs and watches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lauf_dvc.dvc.command import kill_commands_of
 from lauf_dvc.dvc.project import Project, SyncReport, sync
 from lauf_dvc.errors import ExitCode, LaufError
 from lauf_dvc.scheduler.store import Store, TaskRow
@@ -45,15 +48,12 @@ class ReproResult:
 
     @property
     def ok(self) -> bool:
-        return (
-            bool(self.rows)
-            and all(r.state == S.COMPLETED for r in self.rows)
-            and not (self.worker_errors)
-        )
+        """Every stage completed. A worker that died on the way (its stage was retried by
+        the others) is reported in ``worker_errors`` but does not make the run fail."""
+        return bool(self.rows) and all(r.state == S.COMPLETED for r in self.rows)
 
 
-def worker_command(targets: Sequence[str], *, index: int, force: bool) -> list[str]:
-    ident = f"{default_identifier()}:local-{index}"
+def worker_command(targets: Sequence[str], *, ident: str, force: bool) -> list[str]:
     cmd = [sys.executable, "-m", "lauf_dvc", "worker", "--no-sync", "--identifier", ident]
     if force:
         cmd.append("--force")
@@ -115,27 +115,45 @@ def _run_workers(
     logs = project.lauf_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     store.dispose()  # no pooled connection may cross a fork (SQLite forbids it)
-    procs = [
-        _start(project, targets, index=i, force=force, overrides=overrides,
-               log_path=logs / f"worker-{i}.log")
-        for i in range(jobs)
-    ]  # fmt: skip
+    procs: list[_Proc] = []
     try:
-        while any(p.poll() is None for p in procs):
+        for i in range(jobs):
+            log_path = logs / f"worker-{i}.log"
+            with _sigint_deferred():  # a Ctrl-C now must not orphan a forked worker
+                procs.append(_start(project, targets, index=i, force=force,
+                                    overrides=overrides, log_path=log_path))  # fmt: skip
+        # poll every process each time round: a dead worker must be reaped at once, as
+        # while it is a zombie its pid still holds DVC's path locks (dvc/rwlock.py)
+        while [p for p in procs if p.poll() is None]:
             if on_progress:
                 on_progress(store.task_rows(), started)
             time.sleep(POLL)
     except KeyboardInterrupt:
-        _interrupt(procs)
+        _interrupt(procs, project, store)
         raise
     if on_progress:
         on_progress(store.task_rows(), started)
-    errors = []
-    for p in procs:
-        if p.returncode not in (0, 1):  # 1: a stage failed, reported per stage
-            tail = p.log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            errors.append(f"worker {p.pid} exited with {p.returncode}: {tail[0]}")
-    return errors
+    return [_death(p) for p in procs if p.returncode not in (0, 1)]  # 1: a stage failed
+
+
+def _death(p: _Proc) -> str:
+    code = p.returncode or 0
+    tail = p.log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    return f"worker {p.pid} {how}: {tail[0]}"
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back (a forked child inherits the mask and lifts it itself)."""
+    if not FORK:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending Ctrl-C is raised here
 
 
 class _Proc:
@@ -144,8 +162,11 @@ class _Proc:
     ``lauf-dvc worker`` process. Either way it runs :func:`run_worker`, in its own
     session (so Ctrl-C reaches it only through :func:`_interrupt`)."""
 
-    def __init__(self, pid: int, log_path: Path, popen: subprocess.Popen[bytes] | None) -> None:
+    def __init__(
+        self, pid: int, ident: str, log_path: Path, popen: subprocess.Popen[bytes] | None
+    ) -> None:
         self.pid = pid
+        self.ident = ident
         self.log_path = log_path
         self.returncode: int | None = None
         self._popen = popen
@@ -179,16 +200,16 @@ def _start(
     if not FORK:
         with open(log_path, "wb") as fh:
             popen = subprocess.Popen(
-                worker_command(targets, index=index, force=force), cwd=project.root,
+                worker_command(targets, ident=ident, force=force), cwd=project.root,
                 env=worker_env(project, overrides), stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        return _Proc(popen.pid, log_path, popen)
+        return _Proc(popen.pid, ident, log_path, popen)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
-        return _Proc(pid, log_path, None)
+        return _Proc(pid, ident, log_path, None)
     code = int(ExitCode.INTERNAL)
     try:  # the child: never returns into the parent's code
         os.setsid()
@@ -197,6 +218,7 @@ def _start(
         os.dup2(fd, 2)
         os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         code = _child(project, ident, force)
     finally:
         os._exit(code)
@@ -227,8 +249,10 @@ def _child(project: Project, ident: str, force: bool) -> int:
     return int(ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK)
 
 
-def _interrupt(procs: list[_Proc]) -> None:
-    """First Ctrl-C: ask workers to stop (running stages are marked failed); second: kill."""
+def _interrupt(procs: list[_Proc], project: Project, store: Store) -> None:
+    """First Ctrl-C: ask workers to stop (each fails its running stage with "interrupted",
+    stops its command and exits 130). A second Ctrl-C meanwhile: kill them all now, and
+    their commands. Either way, no stage is left running in the database."""
     for p in procs:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGINT)
@@ -236,6 +260,29 @@ def _interrupt(procs: list[_Proc]) -> None:
         for p in procs:
             p.wait()
     except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
+        killed = [p for p in procs if p.poll() is None]
+        for p in killed:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
+        for p in killed:
+            p.wait()
+        kill_commands_of(project.lauf_dir / "commands", [p.pid for p in killed])
+    _fail_held(store, {p.ident for p in procs})
+
+
+def _fail_held(store: Store, idents: set[str]) -> None:
+    """Fail (reason "interrupted") what the stopped workers still hold, take them offline.
+
+    After a second Ctrl-C that is the stage each killed worker ran; after the first, each
+    worker failed its own, except a claim that Ctrl-C cut short before it was handed out.
+    """
+    try:
+        for worker in store.workers():
+            if worker["id"] in idents:
+                if worker["task"] is not None:
+                    store.fail(worker["task"], worker["id"], reason="interrupted", budget=0)
+                store.worker_offline(worker["id"])
+    except LaufError as exc:  # they will be reaped when their heartbeats expire
+        print(f"lauf-dvc: could not record the interruption: {exc}", file=sys.stderr)
+    finally:
+        store.dispose()

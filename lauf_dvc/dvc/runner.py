@@ -17,23 +17,31 @@ hand cannot touch them meanwhile.
 
 A process runs one stage at a time, and while DVC works (phases 1 and 3) the process's
 working directory is the repository root (see :func:`lauf_dvc.dvc.pipeline.locked`).
+
+A worker may be killed at any instant and nothing is lost: DVC's commit never marks a
+stage done until its outputs are in the cache, ``dvc.lock`` is replaced atomically
+(:mod:`lauf_dvc.dvc.atomic`), DVC's locks die with their holder, and before a stage runs
+again whatever a dead worker's run of it left running is killed
+(:mod:`lauf_dvc.dvc.command`). A stage interrupted before its entry was written is
+simply changed for DVC and runs again; one interrupted after it is found up to date.
+The instants in between are the fault-injection points of :mod:`lauf_dvc.faults`.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import logging
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+from lauf_dvc.dvc import atomic
+from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.pipeline import (
     address_of,
     command_lines,
@@ -44,6 +52,7 @@ from lauf_dvc.dvc.pipeline import (
     reword,
 )
 from lauf_dvc.errors import PipelineError
+from lauf_dvc.faults import after_call, fault
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -52,9 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Outcome = Literal["ran", "skipped", "failed"]
-TAIL_LINES = 20
-TAIL_BYTES = 64 * 1024
-CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,17 +120,20 @@ class StageRunner:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._repo: Repo | None = None
+        self._atomic: atomic.AtomicFiles | None = None
 
     @property
     def repo(self) -> Repo:
         if self._repo is None:
             self._repo = make_repo(self.root)
+            self._atomic = atomic.install(self._repo)  # dvc.lock: old or new, never torn
         return self._repo
 
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()
             self._repo = None
+            self._atomic = None
 
     def __enter__(self) -> StageRunner:
         return self
@@ -142,7 +151,9 @@ class StageRunner:
         run_cache: bool = True,
     ) -> StageResult:
         """See :func:`run_stage`."""
-        job = _Job(self.repo, address, time.monotonic(), log_dir, stream)
+        repo = self.repo
+        assert self._atomic is not None
+        job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream)
         try:
             prepared = _prepare(job, force=force, run_cache=run_cache)
             if isinstance(prepared, StageResult):
@@ -186,20 +197,21 @@ def log_file(log_dir: Path, address: str) -> Path:
 @dataclass
 class _Job:
     repo: Repo
+    atomic: atomic.AtomicFiles
     address: str
     started: float
     log_dir: Path | None
     stream: TextIO | None
-    _output: _Output | None = None
+    _output: Output | None = None
 
     @property
     def log_path(self) -> Path | None:
         return log_file(self.log_dir, self.address) if self.log_dir is not None else None
 
-    def output(self) -> _Output:
+    def output(self) -> Output:
         """The log, opened (truncated) on first use: a skipped stage keeps its last log."""
         if self._output is None:
-            self._output = _Output(self.log_path, self.stream)
+            self._output = Output(self.log_path, self.stream)
         return self._output
 
     def close(self) -> None:
@@ -245,6 +257,7 @@ def _prepare(job: _Job, *, force: bool, run_cache: bool) -> StageResult | _Prepa
     with locked(repo):
         with dvc_errors(repo.root_dir, f"stage {job.address!r}"):
             stage = collect_stage(repo, job.address)
+        kill_leftovers(_records(repo), job.address)  # a dead worker's run must not go on
         paths = _PathLocks(repo, stage)
         try:
             paths.acquire()
@@ -275,7 +288,7 @@ def _before_command(
     if stage.frozen:  # Stage.run: no command; verify the outputs and record them
         log.warning("%s is frozen: its outputs are verified, not reproduced", job.address)
         check_missing_outputs(stage)
-        _commit(repo, stage)
+        _commit(job, stage)
         return job.result("ran", stage, "frozen: outputs verified", written=True)
     stage.remove_outs(ignore_remove=False, force=False)  # persist outputs: only unprotected
     if force:  # dvc/stage/run.py run_stage: no run cache, no early dependency save
@@ -285,7 +298,7 @@ def _before_command(
     except RunCacheNotFoundError:
         stage.save_deps()
         return None
-    _commit(repo, stage)
+    _commit(job, stage)
     return job.result("skipped", stage, "restored from run cache", written=True)
 
 
@@ -300,10 +313,12 @@ def _execute(job: _Job, prepared: _Prepared) -> int:
     executable = get_executable()
     _warn_if_fish(executable)
     output = job.output()
+    fault("before-command", job.address)
     output.write_text(f"Running stage '{job.address}':\n")  # what dvc repro prints
     for line in command_lines(stage):
         output.write_text(f"> {line}\n")
-        returncode = _run_command(_make_cmd(executable, line), kwargs, output)
+        returncode = run_command(_make_cmd(executable, line), kwargs, output,
+                                 address=job.address, records=_records(job.repo))  # fmt: skip
         if returncode != 0:
             return returncode
     return 0
@@ -314,21 +329,39 @@ def _finish(job: _Job, stage: PipelineStage) -> StageResult:
     from dvc.exceptions import DvcException
 
     with locked(job.repo):
+        fault("before-commit", job.address)
         try:
-            _commit(job.repo, stage)
+            _commit(job, stage)
         except (DvcException, OSError) as exc:
             why = reword(exc, job.repo.root_dir)
             raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
     return job.result("ran", stage, "ran", written=True, code=0)
 
 
-def _commit(repo: Repo, stage: PipelineStage) -> None:
-    """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump; caller holds the lock."""
+def _commit(job: _Job, stage: PipelineStage) -> None:
+    """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump; caller holds the lock.
+
+    The dump replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.atomic`), so a worker
+    killed anywhere in here leaves the stage without an entry (or with its old one) and
+    its outputs changed: DVC sees it as changed and it runs again.
+    """
     no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
-    with repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
+    with job.repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
         stage.save(allow_missing=False, run_cache=not no_cache_outs)
-        stage.commit(allow_missing=False)
-        stage.dump(update_pipeline=False)
+        first = stage.outs[0] if stage.outs else None
+        with after_call(first, "commit", "during-save", job.address):
+            stage.commit(allow_missing=False)
+        job.atomic.stage, before = job.address, job.atomic.replaced
+        try:
+            stage.dump(update_pipeline=False)
+        finally:
+            job.atomic.stage = None
+        job.atomic.check(before)
+
+
+def _records(repo: Repo) -> Path:
+    """Where running commands are recorded (see :mod:`lauf_dvc.dvc.command`)."""
+    return Path(repo.tmp_dir) / "lauf" / "commands"
 
 
 def _lock_entry(stage: Any) -> dict[str, Any] | None:
@@ -384,72 +417,3 @@ class _PathLocks:
         if self.held:
             self.held = False
             self._cm.__exit__(None, None, None)
-
-
-# -- running a command and teeing its output ---------------------------------------------
-
-
-class _Output:
-    """The stage's output: to its log file (bytes as they come), a stream, and a tail."""
-
-    def __init__(self, path: Path | None, stream: TextIO | None) -> None:
-        self._file: BinaryIO | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "wb")  # noqa: SIM115
-        self._stream = stream
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = bytearray()
-
-    def write(self, data: bytes) -> None:
-        if self._file is not None:
-            self._file.write(data)
-            self._file.flush()
-        if self._stream is not None:
-            self._stream.write(self._decoder.decode(data))
-            self._stream.flush()
-        self._tail += data
-        del self._tail[:-TAIL_BYTES]
-
-    def write_text(self, text: str) -> None:
-        self.write(text.encode())
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        text = bytes(self._tail).decode(errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _run_command(argv: str | list[str], kwargs: dict[str, Any], output: _Output) -> int:
-    """Run one command line; its stdout and stderr (merged) go to ``output``.
-
-    stdin is /dev/null: several workers may run at once, none may read the terminal.
-    On an exception (Ctrl-C) the command is stopped before this returns.
-    """
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
-    )
-    assert proc.stdout is not None
-    try:
-        while chunk := proc.stdout.read1(CHUNK):
-            output.write(chunk)
-        return proc.wait()
-    except BaseException:
-        _stop(proc)
-        raise
-    finally:
-        proc.stdout.close()
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -15,6 +15,7 @@ from lauf_dvc.dvc.pipeline import StageInfo
 from lauf_dvc.dvc.project import Project, sync
 from lauf_dvc.dvc.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
+from lauf_dvc.faults import fault
 from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.worker import Worker, default_identifier
 
@@ -57,6 +58,7 @@ def run_worker(
     force: bool = False,
     max_tasks: int | None = None,
     on_event: Callable[[str, str, Any], None] | None = None,
+    max_idle: float | None = None,
 ) -> WorkerReport:
     """Work until nothing this worker may run is left (or ``max_tasks`` were run)."""
     ident = identifier or default_identifier()
@@ -65,7 +67,7 @@ def run_worker(
     locks = LockSet(project.lauf_dir / "locks", settings.heartbeat_timeout)
     tasks = {t.id: t for t in project.tasks()}
     worker: Worker[StageInfo] = Worker(
-        tasks, store, settings, identifier=ident, labels=labels, locks=locks
+        tasks, store, settings, identifier=ident, labels=labels, locks=locks, max_idle=max_idle
     )
     report = WorkerReport(ident)
     worker.start()
@@ -124,6 +126,7 @@ def _loop(
                 continue
             (report.ran if result.outcome == "ran" else report.skipped).append(task.id)
             finished = task.data
+            fault("after-dump", task.id)  # dvc.lock written, the database not yet told
             task = worker.next_task(
                 finished=True,
                 stop=lambda limit=limit: limit,

@@ -313,7 +313,9 @@ def complete(
         worker=worker,
         reason=reason,
         fingerprint=fingerprint,
-        values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None),
+        # a completion ends the run: retry budgets count failures since the last success
+        values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None,
+                    failed_count=0, killed_count=0),  # fmt: skip
         stamp=built(ran),
     )
     return True

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.errors import ExitCode, LaufError, PipelineError
 
+if TYPE_CHECKING:
+    from lauf_dvc.dvc.project import Project
+
+#: The keys of each stage in ``lauf-dvc status --json``, in order (docs/cli.md).
+STATUS_KEYS = ("stage", "state", "stale", "reason", "log")
+NO_RUN_YET = "lauf-dvc: no lauf-dvc run recorded yet: run `lauf-dvc repro` first"
 EPILOG = "Exit codes: " + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode)
 
 
@@ -37,12 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--labels", default="", help="comma-separated labels (e.g. gpu)")
     w.add_argument("--identifier", help="unique worker name (default host:pid:random)")
     w.add_argument("--max-tasks", type=int, help="stop after running this many stages")
+    w.add_argument("--max-idle", type=float, metavar="SECONDS",
+                   help="leave after waiting this long with nothing to claim while the "
+                        "stages left wait for others (env LAUF_DVC_MAX_IDLE)")  # fmt: skip
     w.add_argument("-f", "--force", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--no-sync", action="store_true", help=argparse.SUPPRESS)
 
     s = sub.add_parser("status", help="every stage, its state and why")
     s.add_argument("targets", nargs="*")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    wa = sub.add_parser("watch", help="live view of workers and stages, from the database")
+    wa.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    wa.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                    help="seconds between refreshes (default: 1)")  # fmt: skip
 
     h = sub.add_parser("history", help="the audit trail of one stage")
     h.add_argument("stage")
@@ -62,12 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    # DVC sets its own logger to INFO: its chatter ("Updating lock file") is not ours to show
-    logging.getLogger("dvc").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    level = logging.DEBUG if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _tame_dvc_logging(level)
     try:
         return int(COMMANDS[args.command](args))
     except LaufError as exc:
@@ -76,6 +89,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lauf-dvc: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:  # `lauf-dvc status --json | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return int(ExitCode.OK)
+    except Exception as exc:  # still one line; the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"lauf-dvc: {_unexpected(exc)}", file=sys.stderr)
+        return int(ExitCode.OS_ERROR if isinstance(exc, OSError) else ExitCode.INTERNAL)
+
+
+def _unexpected(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError):  # permissions, a full disk, a vanished mount
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"error: {exc.strerror or text}{where}: check permissions and free space"
+    name = type(exc).__name__
+    return f"internal error: {name}: {text}; run with -v for the traceback and report it"
+
+
+def _tame_dvc_logging(level: int) -> None:
+    """DVC's loggers at ``level``, through our handler only.
+
+    Importing ``dvc`` runs ``dvc.logger.setup()``: its loggers go to INFO with handlers of
+    their own on stdout ("Updating lock file 'dvc.lock'" in the middle of our output, and
+    every warning twice). Setting the level before that import is undone by it, so import
+    it first (cheap: ``dvc/__init__`` imports little else), then take over.
+    """
+    import dvc.logger  # noqa: F401  (runs DVC's setup now, once per process)
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -83,6 +130,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.pipeline import check_inputs
     from lauf_dvc.dvc.project import open_project, sync
     from lauf_dvc.dvc.repro import repro
     from lauf_dvc.progress import ProgressView, print_dry_run, print_summary
@@ -90,6 +138,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     policy = "continue" if args.keep_going else None
     project = open_project(args.targets, _settings(args, jobs=args.jobs, failure_policy=policy),
                            prefetch_verdicts=args.dry)  # fmt: skip
+    check_inputs(project.root, project.stages)
     if args.dry:
         print_dry_run(project, sync(project, project.store(), worker=None, force=args.force,
                                     dry=True))  # fmt: skip
@@ -105,15 +154,19 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from lauf_dvc.config import parse_non_negative_float, resolve
+    from lauf_dvc.dvc.pipeline import check_inputs
     from lauf_dvc.dvc.project import open_project
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import print_worker_event
 
     project = open_project(args.targets, _settings(args))
+    check_inputs(project.root, project.stages)
     labels = frozenset(v.strip() for v in args.labels.split(",") if v.strip())
+    max_idle = resolve("max_idle", args.max_idle, parse_non_negative_float, None)
     report = run_worker(project, identifier=args.identifier, labels=labels,
                         do_sync=not args.no_sync, force=args.force, max_tasks=args.max_tasks,
-                        on_event=print_worker_event)  # fmt: skip
+                        max_idle=max_idle, on_event=print_worker_event)  # fmt: skip
     if report.stopped:
         print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr)
     return ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK
@@ -125,18 +178,58 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     project = open_project(args.targets, _settings(args), prefetch_verdicts=True)
     rows = status_rows(project)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # every key always there, in this order: scripts rely on it
+        print(json.dumps([{key: row.get(key) for key in STATUS_KEYS} for row in rows], indent=2))
     else:
         print_status(rows)
     return ExitCode.OK
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from lauf_dvc.progress import Snapshot, live_watch, print_watch
+    from lauf_dvc.scheduler.store import Store
+
+    project = _settings_only(args)
+    if not _recorded(project):
+        print(NO_RUN_YET, file=sys.stderr)
+        return ExitCode.OK
+    store = Store(project.db_url, lock=project.settings.lock)
+    try:
+        if args.once:
+            print_watch(Snapshot.read(store))
+        else:
+            live_watch(lambda: Snapshot.read(store), max(0.1, args.interval))
+    except KeyboardInterrupt:  # how one stops watching: not an interrupted run
+        pass
+    finally:
+        store.dispose()
+    return ExitCode.OK
+
+
+def _settings_only(args: argparse.Namespace) -> Project:
+    """The project's settings (database, lock) without loading its pipeline (a stage
+    that does not parse must not keep anyone from looking at a run)."""
+    from lauf_dvc.config import ProjectSettings
+    from lauf_dvc.dvc.project import Project, find_root, read_lauf_vars
+
+    root = find_root()
+    settings = ProjectSettings.resolve(_settings(args), read_lauf_vars(root), source="dvc.yaml")
+    return Project(root, settings, [])
+
+
 def cmd_history(args: argparse.Namespace) -> int:
+    from lauf_dvc.dvc.pipeline import LIST_HINT
     from lauf_dvc.dvc.project import open_project
     from lauf_dvc.progress import print_history
 
     project = open_project((), _settings(args))
+    if not _recorded(project):
+        if args.stage not in {s.address for s in project.stages}:
+            raise PipelineError(f"unknown stage {args.stage!r}: {LIST_HINT}")
+        print(NO_RUN_YET, file=sys.stderr)
+        if args.json:
+            print("[]")
+        return ExitCode.OK
     events = project.store().history(args.stage)
     if not events:
         # a wrong name is bad input (like an unknown target), not a bug in lauf-dvc (70)
@@ -152,22 +245,36 @@ def cmd_history(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_reset(args: argparse.Namespace) -> int:
-    from lauf_dvc.dvc.project import open_project
+def _recorded(project: Project) -> bool:
+    """Has any run written this project's database? (Reading must not create one: a
+    SQLite file that does not exist is no run yet; a server database is assumed used.)"""
+    from lauf_dvc.scheduler.engine import sqlite_path
 
+    try:
+        path = sqlite_path(project.db_url)
+    except Exception:  # not a URL: the store says so when it is used
+        return True
+    return path is None or path.exists()
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
     if not args.failed and not args.stages:  # a usage error (2), not a bug in lauf-dvc (70)
         print("lauf-dvc: error: say what to reset: --failed, or stage names", file=sys.stderr)
         return ExitCode.USAGE
-    project = open_project((), _settings(args))
+    project = _settings_only(args)
+    if not _recorded(project):
+        print(NO_RUN_YET, file=sys.stderr)
+        return ExitCode.OK
     done = project.store().reset(None if args.failed else args.stages)
     print(f"reset {len(done)} stage(s) to pending" + (f": {', '.join(done)}" if done else ""))
     return ExitCode.OK
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from lauf_dvc.dvc.project import open_project
-
-    project = open_project((), _settings(args))
+    project = _settings_only(args)
+    if not _recorded(project):
+        print(NO_RUN_YET, file=sys.stderr)
+        return ExitCode.OK
     print(f"deleted {project.store().prune_history(keep=args.keep)} old event(s)")
     return ExitCode.OK
 
@@ -206,13 +313,14 @@ def _disabled_plugins() -> tuple[str, ...]:
     except PipelineError:
         return ProjectSettings.resolve().disable_plugins
     yaml = read_lauf_vars(root)
-    return ProjectSettings.resolve(None, yaml, source=str(root / "dvc.yaml")).disable_plugins
+    return ProjectSettings.resolve(None, yaml, source="dvc.yaml").disable_plugins
 
 
 COMMANDS = {
     "repro": cmd_repro,
     "worker": cmd_worker,
     "status": cmd_status,
+    "watch": cmd_watch,
     "history": cmd_history,
     "reset": cmd_reset,
     "prune": cmd_prune,

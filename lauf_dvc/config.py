@@ -258,6 +258,11 @@ class ProjectSettings:
                 f"(known: {', '.join(PROJECT_KEYS)})"
             )
         for key, coerce in PROJECT_KEYS.items():
+            if key in yaml:  # checked even when overridden: a broken file is an error anyway
+                try:
+                    coerce(yaml[key])
+                except ValueError as exc:
+                    raise ConfigError(f"{source}: vars lauf.{key}: {exc}") from None
             var = ENV_PREFIX + key.upper()
             if cli and cli.get(key) is not None:
                 raw, where = cli[key], f"command line option --{key.replace('_', '-')}"

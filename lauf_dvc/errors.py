@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     PLUGIN = 6  # a plugin failed to load or raised
     LOCK = 7  # a lock could not be acquired in time
     INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
+    OS_ERROR = 74  # the system refused: a file could not be read or written (EX_IOERR)
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -310,7 +310,8 @@ class Hooks:
             raise PluginError(
                 plugin,
                 f"fingerprinter {name!r} failed on stage {stage.address}: "
-                f"{type(exc).__name__}: {_one_line(exc)}",
+                f"{type(exc).__name__}: {_one_line(exc)}; fix or update the plugin, or "
+                "choose another fingerprinter (vars lauf.fingerprint, meta.lauf.fingerprint)",
             ) from exc
         expected = f"{fingerprinter.name}@{fingerprinter.version}"
         if not isinstance(result, Fingerprint) or result.label != expected:

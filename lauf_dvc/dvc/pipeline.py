@@ -146,6 +146,39 @@ def select_stages(repo: Repo, graph: DiGraph, targets: Sequence[str]) -> set[Sta
     return {s for s in nodes if isinstance(s, PipelineStage)}
 
 
+def check_inputs(root: str | Path, stages: Sequence[StageInfo]) -> None:
+    """Raise :class:`PipelineError` if a stage depends on a file that does not exist and
+    that no stage produces: that stage could only fail, so nothing is started.
+
+    Frozen stages are left out (their deps are not read), and so are deps outside the
+    repository or not local (URLs). ``stages`` must hold every producer of their deps,
+    as :func:`load_pipeline` returns them.
+    """
+    outs = [out for stage in stages for out in stage.outs]
+    missing = [
+        (stage, dep)
+        for stage in stages
+        if not stage.frozen
+        for dep in stage.deps
+        if "://" not in dep
+        and not dep.startswith("..")
+        and not os.path.lexists(os.path.join(root, dep))
+        and not any(_overlaps(dep, out) for out in outs)
+    ]
+    if missing:
+        stage, dep = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PipelineError(
+            f"stage {stage.address!r}: dependency {dep!r} does not exist and no stage "
+            f"produces it{more}: restore it (git checkout, dvc pull) or fix the stage's "
+            f"deps in {stage.dvcfile}"
+        )
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
 # -- DVC plumbing shared with the runner ------------------------------------------------
 
 
@@ -255,8 +288,12 @@ def reword(exc: BaseException, root: str) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or type(exc).__name__}: {_rel_root(root, exc.filename)}"
     text = _rootify(_one_line(str(exc)), root)
-    if isinstance(exc, CyclicGraphError):
-        return f"dependency cycle: {text.rstrip('.')}; no stage may depend on its own outputs"
+    if isinstance(exc, CyclicGraphError):  # DVC lists the stages in set order: sort them
+        names = sorted(n.strip() for n in text.rstrip(".").rpartition(": ")[2].split(","))
+        return (
+            f"dependency cycle between stages {', '.join(names)}: each needs, through its "
+            "deps, an output of another; remove one of those deps to break the cycle"
+        )
     if isinstance(exc, ResolveError):
         return f"{text}; fix the interpolation (see `vars` and params files)"
     return text

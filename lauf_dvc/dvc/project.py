@@ -55,7 +55,7 @@ def read_lauf_vars(root: Path, repo: Any = None) -> dict[str, Any]:
                 return {}
             value = context["lauf"].value  # unwrapped plain Python values
             if not isinstance(value, dict):
-                raise PipelineError(f"{root / 'dvc.yaml'}: vars entry 'lauf' must be a mapping")
+                raise PipelineError("dvc.yaml: vars entry 'lauf' must be a mapping")
             return value
     except DvcException as exc:  # a broken dvc.yaml: say where and what, as load_pipeline does
         raise PipelineError(reword(exc, str(root))) from None
@@ -145,7 +145,7 @@ def open_project(
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
     with open_repo(root) as repo, locked(repo):
         lauf_vars = read_lauf_vars(root, repo)
-        settings = ProjectSettings.resolve(cli, lauf_vars, source=str(root / "dvc.yaml"))
+        settings = ProjectSettings.resolve(cli, lauf_vars, source="dvc.yaml")
         stages = load_locked(repo, targets)
         stage_settings = {
             s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}")

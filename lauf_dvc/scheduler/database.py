@@ -13,7 +13,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from lauf_dvc.errors import SchemaVersionError, StoreError
-from lauf_dvc.scheduler.engine import make_engine, mask_url, sqlite_lock_mode, sqlite_path
+from lauf_dvc.scheduler.engine import (
+    READ_ONLY_HINT,
+    make_engine,
+    mask_url,
+    sqlite_lock_mode,
+    sqlite_path,
+)
 from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
 from lauf_dvc.scheduler.schema import SCHEMA_VERSION, meta, metadata
 from lauf_dvc.scheduler.txn import TRANSITIONS_KEY, Transition
@@ -134,7 +140,8 @@ class Database:
             password = None
         if password:  # a driver may echo the connection string
             detail = _scrub(detail, str(password))
-        return f"{what} {mask_url(self.url)}: {detail}"
+        hint = _hint(detail, connecting=what != "database")
+        return f"{what} {mask_url(self.url)}: {detail}{hint}"
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -175,6 +182,19 @@ class Database:
                 f"({', '.join(sorted(have)[:3])}): point --db at a new database"
             )
         return False
+
+
+#: What to do when a server cannot be reached (READ_ONLY_HINT: when a file cannot be written).
+UNREACHABLE_HINT = (
+    "; check that the server is up and the URL is right (--db, LAUF_DVC_DB or vars lauf.db)"
+)
+
+
+def _hint(detail: str, *, connecting: bool) -> str:
+    low = detail.lower()
+    if "readonly" in low or "read-only" in low or "unable to open database file" in low:
+        return READ_ONLY_HINT
+    return UNREACHABLE_HINT if connecting else ""
 
 
 def _scrub(text: str, password: str) -> str:

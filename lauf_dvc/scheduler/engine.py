@@ -32,6 +32,9 @@ PG_MAX_OVERFLOW = 2
 #: A pooled connection idle longer than this (s) is tested before use.
 PG_PING_AFTER_IDLE = 30.0
 
+#: What to do when SQLite cannot write the database (file or directory read-only).
+READ_ONLY_HINT = "; make the database file and its directory writable, or use another --db"
+
 _warned: set[str] = set()
 
 
@@ -161,6 +164,10 @@ def _sqlite_engine(url: str, *, flufl: bool) -> Engine:
             mode = cur.execute(f"PRAGMA journal_mode = {journal}").fetchone()[0]
             found = f"it stays in {mode}"
         except sqlite3.OperationalError as exc:  # "locked": open elsewhere in the other mode
+            if "locked" not in str(exc):  # "unable to open database file": read-only
+                cur.close()
+                dbapi_conn.close()
+                raise StoreError(f"database {mask_url(url)}: {exc}{READ_ONLY_HINT}") from None
             mode, found = "?", f"another process holds it open in another mode ({exc})"
         if path is not None and mode.upper() != journal:
             cur.close()

@@ -552,6 +552,20 @@ class Store(Database):
                 for r in conn.execute(q)
             ]
 
+    def run_starts(self) -> dict[str, float]:
+        """When each task last started running (the time of its latest ``running`` event).
+
+        With the task's ``updated`` time this gives how long its last run took (or has
+        been taking). Tasks whose running events were all pruned are missing.
+        """
+        q = (
+            select(events.c.task_id, func.max(events.c.time))
+            .where(events.c.state == S.RUNNING.value)
+            .group_by(events.c.task_id)
+        )
+        with self.read() as conn:
+            return {task_id: started for task_id, started in conn.execute(q)}
+
     def workers(self) -> list[dict[str, Any]]:
         with self.read() as conn:
             held = {

@@ -225,7 +225,8 @@ def test_raising_fingerprinter_is_a_plugin_error(pm: pluggy.PluginManager, tmp_p
         assert err.value.exit_code == ExitCode.PLUGIN == 6
         assert str(err.value) == (
             "plugin 'acme': fingerprinter 'flaky' failed on stage train: "
-            "OSError: registry unreachable"
+            "OSError: registry unreachable; fix or update the plugin, or choose another "
+            "fingerprinter (vars lauf.fingerprint, meta.lauf.fingerprint)"
         )
         with pytest.raises(PluginError, match=r"returned xxhash@1 .* expected .* liar@1"):
             hooks.fingerprint(stage(), ctx, "liar")

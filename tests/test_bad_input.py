@@ -1,0 +1,341 @@
+"""The bad-input matrix (issue 6, point 3): every way users get it wrong, one test each.
+
+Each test breaks a real repository (git + DVC, one good ``lauf-dvc repro`` behind it,
+so there is a dvc.lock, outputs, a cache and a database to lose), runs ``lauf-dvc`` as a
+user does (``python -m lauf_dvc`` in a subprocess) and checks three things: the exact
+one line on stderr (it names the file, key or stage, and what to do), the documented
+exit code (docs/troubleshooting.md), and that nothing was lost or half written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from cli_helpers import DB, isolated, lauf, make_repo, snapshot  # noqa: F401 (fixture)
+
+from lauf_dvc.errors import ExitCode
+
+pytestmark = [
+    pytest.mark.usefixtures("isolated"),
+    pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning"),  # pygtrie in DVC
+]
+
+DVC_YAML = """\
+stages:
+  prepare:
+    cmd: mkdir -p out && cp data/raw.txt out/prepared.txt
+    deps:
+      - data/raw.txt
+    outs:
+      - out/prepared.txt
+  train:
+    cmd: cp out/prepared.txt out/model.txt
+    deps:
+      - out/prepared.txt
+    outs:
+      - out/model.txt
+"""
+FILES = {"dvc.yaml": DVC_YAML, "data/raw.txt": "raw\n"}
+RUN_AND_JOIN = (("repro", "-j", "2"), ("worker",))
+ERROR = "lauf-dvc: error: "
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository where `lauf-dvc repro` ran once, successfully."""
+    root = make_repo(tmp_path / "repo", FILES)
+    first = lauf(root, "repro", "-j", "2")
+    assert first.code == 0, first.out + first.err
+    assert (root / "dvc.lock").exists() and (root / DB).exists()
+    return root
+
+
+def edit(root: Path, path: str, change: Callable[[str], str]) -> None:
+    file = root / path
+    file.write_text(change(file.read_text()))
+
+
+def assert_refused(
+    root: Path, commands: tuple[tuple[str, ...], ...], code: ExitCode, message: str
+) -> None:
+    """Each command fails with ``code`` and exactly the one line ``message`` on stderr,
+    prints nothing on stdout, and changes nothing (workspace, cache, database)."""
+    before = snapshot(root)
+    for command in commands:
+        res = lauf(root, *command)
+        assert (res.code, res.err_lines) == (code, [message]), (command, res.err)
+        assert res.out == "", (command, res.out)
+        assert snapshot(root) == before, command
+
+
+# -- dvc.yaml ------------------------------------------------------------------------------
+
+
+def test_malformed_yaml(repo: Path) -> None:
+    bad = "      - data/raw.txt\n     - data/other.txt"  # one space short
+    edit(repo, "dvc.yaml", lambda t: t.replace("      - data/raw.txt", bad))
+    message = (
+        f"{ERROR}dvc.yaml: invalid YAML: did not find expected key at line 6, column 6; "
+        "fix the syntax"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.PIPELINE, message)
+
+
+def test_unknown_stage_target(repo: Path) -> None:
+    message = (
+        f"{ERROR}unknown target 'trian': no stage 'trian' in dvc.yaml; run `dvc stage list "
+        "--all` to see the stages"
+    )
+    commands = (("repro", "trian"), ("worker", "trian"), ("status", "trian"))
+    assert_refused(repo, commands, ExitCode.PIPELINE, message)
+
+
+def test_dependency_cycle(repo: Path) -> None:
+    edit(repo, "dvc.yaml", lambda t: t.replace("      - data/raw.txt", "      - out/model.txt"))
+    message = (
+        f"{ERROR}dependency cycle between stages prepare, train: each needs, through its "
+        "deps, an output of another; remove one of those deps to break the cycle"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.PIPELINE, message)
+
+
+def test_missing_dependency_file(repo: Path) -> None:
+    (repo / "data" / "raw.txt").unlink()
+    message = (
+        f"{ERROR}stage 'prepare': dependency 'data/raw.txt' does not exist and no stage "
+        "produces it: restore it (git checkout, dvc pull) or fix the stage's deps in dvc.yaml"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("repro", "--dry")), ExitCode.PIPELINE, message)
+    status = lauf(repo, "status", "--json")  # status still answers: it is how one finds out
+    assert status.code == 0, status.err
+    assert "data/raw.txt deleted" in json.loads(status.out)[0]["reason"]
+
+
+def test_output_declared_twice(repo: Path) -> None:
+    edit(repo, "dvc.yaml", lambda t: t + "  copy:\n    cmd: cp x out/model.txt\n    outs:\n"
+                                          "      - out/model.txt\n")  # fmt: skip
+    message = (
+        f"{ERROR}output 'out/model.txt' is declared by copy and train: an output may belong "
+        "to one stage only, remove it from all but one"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.PIPELINE, message)
+
+
+# -- lauf settings in dvc.yaml -------------------------------------------------------------
+
+
+def test_unknown_lauf_key(repo: Path) -> None:
+    edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      jbos: 2\n" + t)
+    message = (
+        f"{ERROR}dvc.yaml: unknown key 'lauf.jbos' in vars (known: jobs, db, fingerprint, "
+        "failure_policy, heartbeat_interval, heartbeat_timeout, max_failed_retries, "
+        "max_killed_retries, lock, disable_plugins)"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
+
+
+def test_lauf_key_of_the_wrong_type(repo: Path) -> None:
+    edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      jobs: many\n" + t)
+    message = f"{ERROR}dvc.yaml: vars lauf.jobs: expected an integer, got 'many'"
+    # -j 2 overrides the value, but a broken file is an error all the same
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
+
+
+def test_unknown_stage_meta_lauf_key(repo: Path) -> None:
+    edit(repo, "dvc.yaml", lambda t: t + "    meta:\n      lauf:\n        retry: 2\n")
+    message = (
+        f"{ERROR}dvc.yaml:train: unknown key 'meta.lauf.retry' (known: requires, "
+        "max_workers, retries, priority, fingerprint)"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+def test_unreachable_database_never_shows_the_password(repo: Path) -> None:
+    url = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+    message = (
+        f"{ERROR}cannot connect to database postgresql+psycopg://u:***@127.0.0.1:1/x: "
+        'connection failed: connection to server at "127.0.0.1", port 1 failed: Connection '
+        "refused; check that the server is up and the URL is right (--db, LAUF_DVC_DB or "
+        "vars lauf.db)"
+    )
+    commands = tuple(("--db", url, *c) for c in (*RUN_AND_JOIN, ("status",), ("watch", "--once")))
+    assert_refused(repo, commands, ExitCode.STORE, message)
+    res = lauf(repo, "repro", env={"LAUF_DVC_DB": url})
+    assert (res.code, res.err_lines) == (ExitCode.STORE, [message])
+    assert "secret" not in res.err
+
+
+@contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Make ``paths`` read-only: chmod, and for root (whom chmod does not stop) the
+    immutable attribute; restored on exit."""
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        p.chmod(modes[p] & 0o555)
+    immutable = os.geteuid() == 0
+    if immutable:
+        res = subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True, text=True)
+        if res.returncode != 0:
+            for p in paths:
+                p.chmod(modes[p])
+            pytest.skip(f"running as root and chattr +i fails here: {res.stderr.strip()}")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+        for p in paths:
+            p.chmod(modes[p])
+
+
+def test_read_only_database(repo: Path) -> None:
+    (repo / "data" / "raw.txt").write_text("raw, changed: prepare and train must run\n")
+    db = repo / DB
+    # SQLite's words differ: a read-only file, or (root, immutable) no file it may create
+    messages = [
+        f"{ERROR}database sqlite:///{db}: {detail}; make the database file and its "
+        "directory writable, or use another --db"
+        for detail in ("attempt to write a readonly database", "unable to open database file")
+    ]
+    before = snapshot(repo)
+    with read_only(db, db.parent):
+        for command in RUN_AND_JOIN:
+            res = lauf(repo, *command)
+            assert res.code == ExitCode.STORE and len(res.err_lines) == 1, res.err
+            assert res.err_lines[0] in messages and res.out == ""
+    assert snapshot(repo) == before
+
+
+def test_database_of_another_schema_version(repo: Path) -> None:
+    db = repo / DB
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE lauf_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    message = (
+        f"{ERROR}database sqlite:///{db} has lauf-dvc schema version 99, this lauf-dvc "
+        "needs 1: delete it or use another --db"
+    )
+    commands = (*RUN_AND_JOIN, ("status",), ("history", "train"), ("watch", "--once"))
+    assert_refused(repo, commands, ExitCode.STORE, message)
+
+
+# -- plugins -------------------------------------------------------------------------------
+
+NOTIFIER = """\
+from lauf_dvc.hookspecs import hookimpl
+
+
+@hookimpl
+def lauf_task_state_changed(task_id, new):
+    raise RuntimeError(f"cannot tell anyone that {task_id} is {new}")
+"""
+FINGERPRINTER = """\
+from lauf_dvc.hookspecs import hookimpl
+
+
+class Broken:
+    name = "broken"
+    version = "1"
+
+    def fingerprint(self, stage, ctx):
+        raise RuntimeError("disk on fire")
+
+
+@hookimpl
+def lauf_fingerprinters():
+    return [Broken()]
+"""
+UNLOADABLE = 'raise ImportError("needs libfoo 2")\n'
+
+
+def install_plugin(tmp_path: Path, source: str) -> dict[str, str]:
+    """Module ``source`` as distribution ``lauf-boom``, entry point ``boom`` of group
+    ``lauf_dvc``, found by importlib.metadata through PYTHONPATH (no pip, no network).
+    Returns the environment to run lauf-dvc with."""
+    site = tmp_path / "site"
+    info = site / "lauf_boom-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lauf-boom\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[lauf_dvc]\nboom = lauf_boom\n")
+    (site / "lauf_boom.py").write_text(source)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+def test_notification_plugin_that_raises_is_a_warning(repo: Path, tmp_path: Path) -> None:
+    from cli_helpers import dvc_status
+
+    env = install_plugin(tmp_path, NOTIFIER)
+    (repo / "data" / "raw.txt").write_text("raw, changed\n")
+    res = lauf(repo, "repro", "-j", "2", env=env)
+    assert res.code == ExitCode.OK, res.out + res.err
+    assert res.err_lines == [  # once per plugin and hook, not once per call
+        "WARNING lauf_dvc.plugins: plugin 'boom' failed in lauf_task_state_changed: "
+        "RuntimeError: cannot tell anyone that prepare is invalidated (ignored; lauf-dvc's "
+        "state is unaffected)"
+    ]
+    assert "2 stage(s): 2 ran" in res.out
+    assert dvc_status(repo) == {}
+
+
+def test_fingerprinter_that_raises_is_a_plugin_error(repo: Path, tmp_path: Path) -> None:
+    env = install_plugin(tmp_path, FINGERPRINTER)
+    edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      fingerprint: broken\n" + t)
+    message = (
+        f"{ERROR}plugin 'boom': fingerprinter 'broken' failed on stage prepare: RuntimeError: "
+        "disk on fire; fix or update the plugin, or choose another fingerprinter (vars "
+        "lauf.fingerprint, meta.lauf.fingerprint)"
+    )
+    before = snapshot(repo)
+    for command in (*RUN_AND_JOIN, ("status",)):
+        res = lauf(repo, *command, env=env)
+        assert (res.code, res.err_lines) == (ExitCode.PLUGIN, [message]), res.err
+        assert snapshot(repo) == before, command
+
+
+def test_plugin_that_fails_to_load(repo: Path, tmp_path: Path) -> None:
+    env = install_plugin(tmp_path, UNLOADABLE)
+    message = (
+        f"{ERROR}plugin 'boom': cannot load it: ImportError: needs libfoo 2; fix or uninstall "
+        "it, or block it with LAUF_DVC_DISABLE_PLUGINS=boom"
+    )
+    before = snapshot(repo)
+    for command in (*RUN_AND_JOIN, ("plugins",)):
+        res = lauf(repo, *command, env=env)
+        assert (res.code, res.err_lines) == (ExitCode.PLUGIN, [message]), res.err
+        assert snapshot(repo) == before, command
+    blocked = lauf(repo, "plugins", env={**env, "LAUF_DVC_DISABLE_PLUGINS": "boom"})
+    assert blocked.code == 0 and "boom" in blocked.out and "blocked" in blocked.out
+
+
+# -- a stage's command -----------------------------------------------------------------------
+
+
+def test_stage_command_not_found(repo: Path) -> None:
+    lock = (repo / "dvc.lock").read_bytes()
+    edit(repo, "dvc.yaml", lambda t: t.replace("cmd: cp out/", "cmd: no-such-tool out/"))
+    res = lauf(repo, "repro", "-j", "2")
+    assert res.code == ExitCode.STAGE_FAILED, res.out + res.err
+    assert res.err_lines == [
+        "lauf-dvc: stage train failed: exit code 127, command not found: install it, or fix "
+        "the stage's cmd in dvc.yaml; then run `lauf-dvc repro` again"
+    ]
+    assert "no-such-tool: command not found" in res.out  # the log's tail, in the summary
+    assert (repo / "dvc.lock").read_bytes() == lock  # train keeps its last good entry
+    rows = {r["stage"]: r for r in json.loads(lauf(repo, "status", "--json").out)}
+    assert rows["train"]["state"] == "failed"
+    assert rows["train"]["reason"] == "failed with exit code 127"
+    history = json.loads(lauf(repo, "history", "train", "--json").out)
+    assert history[-1]["state"] == "failed" and history[-1]["reason"] == "exit code 127"
+    worker = lauf(repo, "worker")  # a worker does not retry it: it failed for good
+    assert worker.code == ExitCode.STAGE_FAILED
+    assert worker.err_lines[-1].startswith("lauf-dvc: worker stopped: stopping")

@@ -314,8 +314,14 @@ def complete(
         reason=reason,
         fingerprint=fingerprint,
         # a completion ends the run: retry budgets count failures since the last success
-        values=dict(running=0, fingerprint=fingerprint, last_fingerprint=fingerprint, info=None,
-                    failed_count=0, killed_count=0),  # fmt: skip
+        values=dict(
+            running=0,
+            fingerprint=fingerprint,
+            last_fingerprint=fingerprint,
+            info=None,
+            failed_count=0,
+            killed_count=0,
+        ),
         stamp=built(ran),
     )
     return True

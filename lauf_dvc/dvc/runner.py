@@ -162,7 +162,7 @@ class StageRunner:
                 returncode = _execute(job, prepared)
                 if returncode != 0:
                     return job.failed(returncode, f"command failed with exit code {returncode}")
-                return _finish(job, prepared.stage)
+                return _finish(job, prepared)
         except _StageFailed as exc:
             return job.failed(None, str(exc))
         finally:
@@ -245,8 +245,9 @@ class _Prepared:
         try:
             yield
         finally:
-            with locked(self.job.repo):
-                self.paths.release()
+            if self.paths.held:  # (a successful _finish released them in its own lock)
+                with locked(self.job.repo):
+                    self.paths.release()
 
 
 def _prepare(job: _Job, *, force: bool, run_cache: bool) -> StageResult | _Prepared:
@@ -324,10 +325,12 @@ def _execute(job: _Job, prepared: _Prepared) -> int:
     return 0
 
 
-def _finish(job: _Job, stage: PipelineStage) -> StageResult:
-    """Phase 3, under the repository lock: save, commit, run cache, dump to dvc.lock."""
+def _finish(job: _Job, prepared: _Prepared) -> StageResult:
+    """Phase 3, under the repository lock: save, commit, run cache, dump to dvc.lock, and
+    release the stage's path locks in the same lock (one acquisition, not two)."""
     from dvc.exceptions import DvcException
 
+    stage = prepared.stage
     with locked(job.repo):
         fault("before-commit", job.address)
         try:
@@ -335,6 +338,7 @@ def _finish(job: _Job, stage: PipelineStage) -> StageResult:
         except (DvcException, OSError) as exc:
             why = reword(exc, job.repo.root_dir)
             raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
+        prepared.paths.release()
     return job.result("ran", stage, "ran", written=True, code=0)
 
 

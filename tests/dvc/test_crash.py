@@ -364,7 +364,14 @@ def start_repro(root: Path, marks: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "lauf_dvc", *(args or ("repro", "-j", "2"))],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    """As at a terminal: a test suite started in the background (`make test &`, some CI
+    runners) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_slow_and_quick(root: Path, marks: Path, proc: subprocess.Popen[str]) -> Run:

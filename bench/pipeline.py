@@ -21,16 +21,12 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _common import BIN, ENV, timed
+
 HERE = Path(__file__).parent
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
-       "GIT_AUTHOR_EMAIL": "bench@example.invalid", "GIT_COMMITTER_NAME": "bench",
-       "GIT_COMMITTER_EMAIL": "bench@example.invalid"}  # fmt: skip
-BIN = Path(sys.executable).parent
 
 STAMP = (
     "python3 -c \"import sys,time; s=time.time(); time.sleep({sleep}); "
@@ -69,15 +65,6 @@ def make_repo(root: Path, n: int, sleep: float) -> None:
                 [str(BIN / "dvc"), "config", "core.autostage", "false"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):  # fmt: skip
         subprocess.run(cmd, cwd=root, check=True, env=ENV, capture_output=True)
-
-
-def timed(cmd: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return wall
 
 
 def bookkeeping(root: Path) -> list[float]:

@@ -20,16 +20,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from _common import BIN, ENV, timed
+
 HERE = Path(__file__).parent
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench",
-       "GIT_AUTHOR_EMAIL": "bench@example.invalid", "GIT_COMMITTER_NAME": "bench",
-       "GIT_COMMITTER_EMAIL": "bench@example.invalid"}  # fmt: skip
 
 
 def make_repo(root: Path, n: int) -> None:
@@ -51,15 +47,6 @@ def make_repo(root: Path, n: int) -> None:
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):  # fmt: skip
         subprocess.run(cmd, cwd=root, check=True, env=ENV, capture_output=True)
-
-
-def timed(cmd: list[str], root: Path, **env: str) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root, env={**ENV, **env}, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return wall
 
 
 def measure(root: Path, repeat: int) -> dict[str, float]:

@@ -103,7 +103,6 @@ def _norm(line: str) -> str:
     return " ".join(line.split())
 
 
-@pytest.mark.skipif(VENV is None, reason="needs the project's venv (make venv)")
 def test_every_shell_command_in_the_readme_and_cli_docs_runs(tmp_path: Path) -> None:
     commands = [c for doc in DOCS for c in shell_commands(doc)]
     assert any(c.text.startswith("lauf-dvc repro") for c in commands)
@@ -129,7 +128,6 @@ def test_every_shell_command_in_the_readme_and_cli_docs_runs(tmp_path: Path) -> 
                 )
 
 
-@pytest.mark.skipif(VENV is None, reason="needs the project's venv (make venv)")
 def test_make_demo(tmp_path: Path) -> None:
     """`make demo` is `make venv` (the venv running this test) then examples/demo.sh."""
     makefile = (ROOT / "Makefile").read_text()

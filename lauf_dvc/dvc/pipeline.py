@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -187,6 +188,9 @@ def make_repo(root: str | Path) -> Repo:
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
+    from lauf_dvc.dvc import speedups
+
+    speedups.install()
     try:
         return Repo(os.path.abspath(root), _wait_for_lock=True)
     except NotDvcRepoError:
@@ -220,9 +224,18 @@ def locked(repo: Repo) -> Iterator[None]:
     """
     from dvc.repo import lock_repo
 
-    queue = _queued(repo) if repo._lock_depth == 0 else contextlib.nullcontext()
-    with queue, lock_repo(repo), contextlib.chdir(repo.root_dir):  # lock_repo resets caches
-        yield
+    if repo._lock_depth:  # re-entered
+        with lock_repo(repo), contextlib.chdir(repo.root_dir):
+            yield
+        return
+    asked = time.monotonic()
+    with _queued(repo), lock_repo(repo), contextlib.chdir(repo.root_dir):  # resets caches
+        got = time.monotonic()
+        try:
+            yield
+        finally:
+            log.debug("repository lock: waited %.0f ms, held %.0f ms",
+                      1000 * (got - asked), 1000 * (time.monotonic() - got))  # fmt: skip
 
 
 @contextmanager

@@ -29,6 +29,7 @@ The instants in between are the fault-injection points of :mod:`lauf_dvc.faults`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lauf_dvc.dvc import atomic
+from lauf_dvc.dvc import atomic, lockfile
 from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.pipeline import (
     address_of,
@@ -326,41 +327,87 @@ def _execute(job: _Job, prepared: _Prepared) -> int:
 
 
 def _finish(job: _Job, prepared: _Prepared) -> StageResult:
-    """Phase 3, under the repository lock: save, commit, run cache, dump to dvc.lock, and
-    release the stage's path locks in the same lock (one acquisition, not two)."""
+    """Phase 3: save and commit the outputs to the cache with only the stage's path locks
+    held, then, under the repository lock, add the ``.gitignore`` entries, dump the
+    ``dvc.lock`` entry and release the path locks (one acquisition, not two)."""
     from dvc.exceptions import DvcException
 
     stage = prepared.stage
-    with locked(job.repo):
+    try:
         fault("before-commit", job.address)
-        try:
-            _commit(job, stage)
-        except (DvcException, OSError) as exc:
-            why = reword(exc, job.repo.root_dir)
-            raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
-        prepared.paths.release()
+        with contextlib.chdir(job.repo.root_dir), _ignores_deferred(stage):
+            _save(job, stage)
+        with locked(job.repo):
+            _record(job, stage, ignore=True)
+            prepared.paths.release()
+    except (DvcException, OSError) as exc:
+        why = reword(exc, job.repo.root_dir)
+        raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
     return job.result("ran", stage, "ran", written=True, code=0)
 
 
 def _commit(job: _Job, stage: PipelineStage) -> None:
-    """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump; caller holds the lock.
+    """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump, all under the lock the
+    caller holds (a frozen stage, a run-cache restore)."""
+    with job.repo.scm_context(quiet=True):
+        _save(job, stage)
+        _record(job, stage, ignore=False)
 
-    The dump replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.atomic`), so a worker
-    killed anywhere in here leaves the stage without an entry (or with its old one) and
-    its outputs changed: DVC sees it as changed and it runs again.
-    """
+
+def _save(job: _Job, stage: PipelineStage) -> None:
+    """``Stage.save`` and ``Stage.commit``: hash deps and outputs, save the run cache, move
+    the outputs into the cache. Only the stage's own outputs (path-locked) and the
+    content-addressed cache are written, so this needs no repository lock: hashing a
+    large output no longer holds up every other worker's bookkeeping."""
     no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
-    with job.repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
-        stage.save(allow_missing=False, run_cache=not no_cache_outs)
-        first = stage.outs[0] if stage.outs else None
-        with after_call(first, "commit", "during-save", job.address):
+    stage.save(allow_missing=False, run_cache=not no_cache_outs)
+    first = stage.outs[0] if stage.outs else None
+    with after_call(first, "commit", "during-save", job.address):
+        if job.repo.lock.is_locked:
             stage.commit(allow_missing=False)
+        else:  # Stage.commit's body: @rwlocked would only re-enter the path locks we
+            from dvc.stage import Stage  # hold, after asserting the repository lock
+
+            Stage.commit.__wrapped__(stage, allow_missing=False)
+
+
+def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
+    """Under the repository lock: the outputs' ``.gitignore`` entries (if ``_save`` ran
+    with them deferred) and the stage's ``dvc.lock`` entry.
+
+    The entry is written by :func:`lauf_dvc.dvc.lockfile.dump_entry` (DVC's bytes, in time
+    independent of the file's size) or, where that does not apply, by DVC. Either way it
+    replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.atomic`), so a worker killed
+    anywhere in here leaves the stage without an entry (or with its old one) and its
+    outputs changed: DVC sees it as changed and it runs again.
+    """
+    with job.repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
+        if ignore:
+            stage.ignore_outs()
         job.atomic.stage, before = job.address, job.atomic.replaced
         try:
-            stage.dump(update_pipeline=False)
+            if not lockfile.dump_entry(stage):
+                stage.dump(update_pipeline=False)
         finally:
             job.atomic.stage = None
         job.atomic.check(before)
+
+
+@contextmanager
+def _ignores_deferred(stage: PipelineStage) -> Iterator[None]:
+    """``Output.save`` adds the output to ``.gitignore`` (a file other stages' outputs
+    share): outside the repository lock that waits for :func:`_record`."""
+    for out in stage.outs:
+        out.ignore = _no_ignore
+    try:
+        yield
+    finally:
+        for out in stage.outs:
+            del out.ignore
+
+
+def _no_ignore() -> None:
+    pass
 
 
 def _records(repo: Repo) -> Path:

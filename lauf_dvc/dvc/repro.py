@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from lauf_dvc.states import TaskState
 
 S = TaskState
 POLL = 0.2
+LOCAL_BACKOFF = 0.05  # local workers: the longest pause between polls while idle (s)
 # Fork local workers (cheap: they inherit the imports and the loaded pipeline) where fork
 # is safe; macOS's system libraries are not fork-safe, so there a worker is a new process.
 FORK = sys.platform.startswith("linux") and os.environ.get("LAUF_DVC_SPAWN") != "1"
@@ -124,16 +126,25 @@ def _run_workers(
                                     overrides=overrides, log_path=log_path))  # fmt: skip
         # poll every process each time round: a dead worker must be reaped at once, as
         # while it is a zombie its pid still holds DVC's path locks (dvc/rwlock.py)
-        while [p for p in procs if p.poll() is None]:
+        while running := [p for p in procs if p.poll() is None]:
             if on_progress:
                 on_progress(store.task_rows(), started)
-            time.sleep(POLL)
+            _wait_any(running, POLL)
     except KeyboardInterrupt:
         _interrupt(procs, project, store)
         raise
     if on_progress:
         on_progress(store.task_rows(), started)
     return [_death(p) for p in procs if p.returncode not in (0, 1)]  # 1: a stage failed
+
+
+def _wait_any(procs: list[_Proc], timeout: float) -> None:
+    """Sleep ``timeout`` seconds, or less: wake the moment one of ``procs`` exits."""
+    fds = [p.pidfd for p in procs if p.pidfd is not None]
+    if len(fds) == len(procs):
+        select.select(fds, [], [], timeout)
+    else:
+        time.sleep(timeout)
 
 
 def _death(p: _Proc) -> str:
@@ -170,6 +181,9 @@ class _Proc:
         self.log_path = log_path
         self.returncode: int | None = None
         self._popen = popen
+        self.pidfd: int | None = None  # readable once the process exits (Linux >= 5.3)
+        with contextlib.suppress(AttributeError, OSError):
+            self.pidfd = os.pidfd_open(pid)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -179,6 +193,9 @@ class _Proc:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
+            if self.returncode is not None and self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
         return self.returncode
 
     def wait(self) -> int:
@@ -231,7 +248,7 @@ def _child(project: Project, ident: str, force: bool) -> int:
     fresh_consoles()
     try:
         report = run_worker(project, identifier=ident, do_sync=False, force=force,
-                            on_event=print_worker_event)  # fmt: skip
+                            on_event=print_worker_event, max_backoff=LOCAL_BACKOFF)  # fmt: skip
     except LaufError as exc:
         print(f"lauf-dvc: error: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)

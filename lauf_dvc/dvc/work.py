@@ -59,16 +59,23 @@ def run_worker(
     max_tasks: int | None = None,
     on_event: Callable[[str, str, Any], None] | None = None,
     max_idle: float | None = None,
+    max_backoff: float | None = None,
 ) -> WorkerReport:
-    """Work until nothing this worker may run is left (or ``max_tasks`` were run)."""
+    """Work until nothing this worker may run is left (or ``max_tasks`` were run).
+
+    ``max_backoff``: the longest pause (seconds) between two polls while everything left
+    waits on stages running elsewhere (default: the scheduler's, sized for many workers
+    on one database; local workers of ``repro`` poll faster).
+    """
     ident = identifier or default_identifier()
     store = project.store()
     settings = project.settings.scheduler()
     locks = LockSet(project.lauf_dir / "locks", settings.heartbeat_timeout)
     tasks = {t.id: t for t in project.tasks()}
     worker: Worker[StageInfo] = Worker(
-        tasks, store, settings, identifier=ident, labels=labels, locks=locks, max_idle=max_idle
-    )
+        tasks, store, settings, identifier=ident, labels=labels, locks=locks, max_idle=max_idle,
+        **({} if max_backoff is None else {"max_backoff": max_backoff}),
+    )  # fmt: skip
     report = WorkerReport(ident)
     worker.start()
     try:

@@ -99,6 +99,7 @@ class Worker(Generic[T]):
         labels: frozenset[str],
         locks: LockSet,
         max_idle: float | None = None,
+        max_backoff: float = MAX_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_idle is not None and max_idle < 0:
@@ -110,6 +111,7 @@ class Worker(Generic[T]):
         self.labels = labels
         self.locks = locks
         self.max_idle = max_idle
+        self.max_backoff = max_backoff
         self.clock = clock
         self.stopped_idle = False
         keys = {requirements_key(t.requirements) for t in tasks.values()}
@@ -232,7 +234,7 @@ class Worker(Generic[T]):
                 if self._idle_too_long(idle_since):
                     return None
                 time.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff, idle_since = MIN_BACKOFF, None
             task = self._prepare(claimed)

@@ -138,3 +138,37 @@ def _load(text: str) -> Any:
     from ruamel.yaml import YAML
 
     return YAML(typ="safe").load(_dedent(text))
+
+
+_PLAIN_HEADER = "schema: '2.0'\n" + _HEADER
+
+
+def entry_blocks(text: str) -> list[str] | None:
+    """The entries of a ``dvc.lock`` as DVC writes it (``schema: '2.0'``, then only
+    ``stages:``), each as its lines of text; None for any other shape."""
+    if not text.startswith(_PLAIN_HEADER) or not text.endswith("\n"):
+        return None
+    body = text[len(_PLAIN_HEADER) :]
+    if _COMMENT_OR_TAB.search(body) or re.search(r"^[^ \n]", body, re.MULTILINE):
+        return None
+    starts = [m.start() for m in _ANY_KEY.finditer(body)]
+    if not starts or starts[0] != 0:
+        return None
+    blocks = [body[a:b] for a, b in zip(starts, [*starts[1:], len(body)], strict=True)]
+    if not all(_KEY_LINE.match(block) for block in blocks):
+        return None
+    return blocks
+
+
+def parse_entry(block: str) -> tuple[str, Any] | None:
+    """One entry's lines (from :func:`entry_blocks`) parsed: (name, data), or None."""
+    from ruamel.yaml import YAMLError
+
+    try:
+        parsed = _load(block)
+    except YAMLError:
+        return None
+    if not isinstance(parsed, dict) or len(parsed) != 1:
+        return None
+    ((name, data),) = parsed.items()
+    return (name, data) if isinstance(name, str) else None

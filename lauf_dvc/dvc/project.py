@@ -259,30 +259,35 @@ def _verdicts_locked(
     from dvc.stage import PipelineStage
 
     from lauf_dvc.dvc.pipeline import address_of
+    from lauf_dvc.dvc.speedups import params_files_read_once
 
     out: dict[str, StageVerdict] = {}
     try:
-        # one pass over the index (each dvc.yaml parsed once), not one load per stage
+        # one pass over the index (each dvc.yaml parsed once), not one load per stage;
+        # each params file parsed once, not once per stage naming it
         by_address = {
             address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
         }
-        for info in stages:
-            if only is not None and info.address not in only:
-                continue
-            stage = by_address[info.address]
-            if stage.frozen:
-                out[info.address] = StageVerdict(info.address, False, ("frozen",))
-                continue
-            status = _status_unlocked(stage).get(stage.addressing, [])
-            reasons: tuple[str, ...] = ()
-            if status and not _has_lock_entry(stage):
-                reasons = ("never run",)
-            elif status:
-                reasons = _with_param_values(stage, explain(status))
-            out[info.address] = StageVerdict(info.address, bool(status), reasons)
+        with params_files_read_once():
+            for info in stages:
+                if only is not None and info.address not in only:
+                    continue
+                out[info.address] = _verdict(info.address, by_address[info.address])
     except DvcException as exc:
         raise PipelineError(_one_line(exc)) from None
     return out
+
+
+def _verdict(address: str, stage: Any) -> StageVerdict:
+    if stage.frozen:
+        return StageVerdict(address, False, ("frozen",))
+    status = _status_unlocked(stage).get(stage.addressing, [])
+    reasons: tuple[str, ...] = ()
+    if status and not _has_lock_entry(stage):
+        reasons = ("never run",)
+    elif status:
+        reasons = _with_param_values(stage, explain(status))
+    return StageVerdict(address, bool(status), reasons)
 
 
 def _status_unlocked(stage: Any) -> dict[str, Any]:

@@ -1,18 +1,25 @@
-"""Make DVC's own validation of ``dvc.yaml`` cost what it should, without changing it.
+"""Make DVC's own work cost what it should, without changing what it computes.
 
-``dvc.schema.either_or`` builds and compiles a fresh ``voluptuous.Schema`` for every stage
-of every ``dvc.yaml`` it validates (``vol.Schema(schema)(data)`` inside the validator),
-about 1 ms per stage: a 1000-stage ``dvc.yaml`` costs a second to validate, each time
-it is loaded, and a worker loads it for every stage it runs. The schema it compiles is
-always one of two module constants, so :func:`install` gives that function a
-``voluptuous`` whose ``Schema`` compiles each such constant once per process and then
-reuses it. The validation itself is DVC's, unchanged (same schema, same errors).
+- ``dvc.schema.either_or`` builds and compiles a fresh ``voluptuous.Schema`` for every
+  stage of every ``dvc.yaml`` it validates (``vol.Schema(schema)(data)`` inside the
+  validator), about 1 ms per stage: a 1000-stage ``dvc.yaml`` costs a second to
+  validate, each time it is loaded, and a worker loads it for every stage it runs. The
+  schema it compiles is always one of two module constants, so :func:`install` gives
+  that function a ``voluptuous`` whose ``Schema`` compiles each such constant once per
+  process and then reuses it. The validation is DVC's (same schema, same errors).
+- :class:`_YamlCache`: ``dvc.yaml`` and ``dvc.lock`` parsed and validated once per
+  distinct content (``dvc.lock`` entry by entry), not for every stage a worker runs.
+- :func:`params_files_read_once`: a params file parsed once per status pass instead of
+  once per stage that uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import types
+from collections.abc import Iterator
 from typing import Any
 
 _installed = False
@@ -27,9 +34,11 @@ def install() -> None:
             return
         import voluptuous
         from dvc import schema
+        from dvc.utils import strictyaml
 
         if getattr(schema, "vol", None) is voluptuous and hasattr(schema, "either_or"):
             schema.vol = _CachingVoluptuous(voluptuous)
+        strictyaml.load = _YamlCache(strictyaml.load).load
         _installed = True
 
 
@@ -52,3 +61,125 @@ class _CachingVoluptuous(types.ModuleType):
             cached = (schema, self._real.Schema(schema))
             self._compiled[id(schema)] = cached
         return cached[1]
+
+
+@contextlib.contextmanager
+def params_files_read_once() -> Iterator[None]:
+    """While inside: DVC parses each params file once, not once per stage that uses it.
+
+    ``ParamsDependency.read_params`` (dvc/dependency/param.py) loads and parses the whole
+    params file for every stage that names one of its keys: for ``dvc status`` of N
+    stages sharing one params.yaml that is N parses of a file that grows with N. Within
+    this block, ``load_path`` there returns the data parsed on first use, as long as the
+    file's size, mtime and inode are unchanged (checked on every call). ``read_param_file``
+    only reads the data it gets (it deep-copies what it returns for given keys); use this
+    for read-only passes (status, sync), one thread at a time.
+    """
+    from dvc.dependency import param
+
+    real = param.load_path
+    cache: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+    def load_path(fs_path: str, fs: Any, **kwargs: Any) -> Any:
+        if kwargs or getattr(fs, "protocol", None) != "local":
+            return real(fs_path, fs, **kwargs)
+        try:
+            st = os.stat(fs_path)
+        except OSError:
+            return real(fs_path, fs)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        hit = cache.get(fs_path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        data = real(fs_path, fs)
+        cache[fs_path] = (key, data)
+        return data
+
+    param.load_path = load_path
+    try:
+        yield
+    finally:
+        param.load_path = real
+
+
+class _YamlCache:
+    """``dvc.utils.strictyaml.load`` (how DVC reads and validates dvc.yaml and dvc.lock)
+    with the work done once per distinct content.
+
+    A worker loads every ``dvc.yaml`` and ``dvc.lock`` of the pipeline afresh for each
+    stage it runs (another process may have changed them), and DVC parses and validates
+    them whole: time that grows with the pipeline, spent under the repository lock. Here:
+
+    - a file whose text is the one seen last time is not parsed or validated again;
+    - a ``dvc.lock`` in the shape DVC writes (see :mod:`lauf_dvc.dvc.lockfile`) is parsed
+      entry by entry, each distinct entry text parsed and validated once (by DVC's own
+      lock-file schema, on a one-entry document): after a stage commits, only its entry.
+
+    Callers always get fresh objects (a deep copy of plain dicts and lists), exactly what
+    a parse would return. Anything unusual (round-trip loads, other filesystems, a file
+    that fails to parse or validate) goes to DVC's own function, which raises its errors.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.files: dict[tuple[str, int], tuple[str, Any]] = {}  # (path, id(schema))
+        self.entries: dict[str, tuple[str, Any]] = {}  # entry text -> (name, data)
+
+    def load(self, path: str, schema: Any = None, fs: Any = None, encoding: str = "utf-8",
+             round_trip: bool = False) -> Any:  # fmt: skip
+        if round_trip or schema is None or getattr(fs, "protocol", None) != "local":
+            return self.real(path, schema, fs, encoding, round_trip)
+        try:
+            with open(path, encoding=encoding) as fd:
+                text = fd.read()
+        except (OSError, UnicodeDecodeError):
+            return self.real(path, schema, fs, encoding)
+        key = (path, id(schema))
+        hit = self.files.get(key)
+        if hit is not None and hit[0] == text:
+            return _copy(hit[1]), text
+        data = self._lockfile(text, schema) if path.endswith("dvc.lock") else None
+        if data is None:
+            data, text = self.real(path, schema, fs, encoding)
+        if len(self.files) > 256:
+            self.files.clear()
+        self.files[key] = (text, _copy(data))
+        return data, text
+
+    def _lockfile(self, text: str, schema: Any) -> dict[str, Any] | None:
+        from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+
+        from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+
+        if schema is not COMPILED_LOCKFILE_SCHEMA:
+            return None
+        blocks = entry_blocks(text)
+        if blocks is None:
+            return None
+        stages: dict[str, Any] = {}
+        for block in blocks:
+            hit = self.entries.get(block)
+            if hit is None:
+                parsed = parse_entry(block)
+                if parsed is None:
+                    return None
+                try:
+                    schema({"schema": "2.0", "stages": {parsed[0]: parsed[1]}})
+                except Exception:  # invalid: DVC reports it, with its own message
+                    return None
+                hit = self.entries[block] = parsed
+            if hit[0] in stages:  # a duplicate key: DVC's parser refuses the file
+                return None
+            stages[hit[0]] = _copy(hit[1])
+        if len(self.entries) > 100_000:
+            self.entries.clear()
+        return {"schema": "2.0", "stages": stages}
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of parsed YAML (dicts, lists, scalars), much faster than ``deepcopy``."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value

@@ -43,7 +43,14 @@ def param_value(config: Any, key: str | None) -> str:
         return MISSING
     if key is None:
         return json_value(config)
-    try:
+    value = config  # the common case (nested mappings) without dpath, which walks the
+    for part in key.split("."):  # whole file for every key it looks up
+        if not isinstance(value, dict) or part not in value:
+            break
+        value = value[part]
+    else:
+        return json_value(value)
+    try:  # list indexes, keys that are not strings...: as DVC looks them up
         return json_value(dpath.get(config, key, separator="."))
     except KeyError:
         return MISSING

@@ -162,3 +162,43 @@ def test_unchanged_entry_is_reported_unmodified() -> None:
 )
 def test_files_not_written_by_dvc_are_left_to_dvc(text: str) -> None:
     assert lockfile.splice(text, "train", {"train": {"cmd": "y"}}) is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_entry_by_entry_load_equals_dvcs_parse(seed: int, tmp_path: Any) -> None:
+    """lauf's cached loader (lauf_dvc.dvc.speedups) returns what DVC's own load returns."""
+    from dvc.fs import LocalFileSystem
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils import strictyaml
+
+    from lauf_dvc.dvc.speedups import _YamlCache
+
+    rng = random.Random(seed)
+    names = list(dict.fromkeys(_name(rng) for _ in range(rng.randint(1, 12))))
+    cache = _YamlCache(strictyaml.load)
+    path = tmp_path / "dvc.lock"
+    text = ""
+    for _ in range(3 * len(names)):
+        text = _dvc_update(text, _entry(rng, rng.choice(names)))
+        path.write_text(text, encoding="utf-8")
+        expected, _ = strictyaml.load(str(path), COMPILED_LOCKFILE_SCHEMA, LocalFileSystem())
+        got, got_text = cache.load(str(path), COMPILED_LOCKFILE_SCHEMA, LocalFileSystem())
+        assert got == expected and got_text == text
+        got["stages"].clear()  # callers own what they get: the cache is not touched
+        again, _ = cache.load(str(path), COMPILED_LOCKFILE_SCHEMA, LocalFileSystem())
+        assert again == expected
+    assert cache.entries  # the entry-by-entry path was taken
+
+
+def test_invalid_lockfile_still_gets_dvcs_error(tmp_path: Any) -> None:
+    from dvc.fs import LocalFileSystem
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from dvc.utils import strictyaml
+    from dvc.utils.strictyaml import YAMLValidationError
+
+    from lauf_dvc.dvc.speedups import _YamlCache
+
+    path = tmp_path / "dvc.lock"
+    path.write_text("schema: '2.0'\nstages:\n  train:\n    outs: 3\n", encoding="utf-8")
+    with pytest.raises(YAMLValidationError):
+        _YamlCache(strictyaml.load).load(str(path), COMPILED_LOCKFILE_SCHEMA, LocalFileSystem())

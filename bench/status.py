@@ -9,7 +9,11 @@ the previous stage's output of its chain, and writes one output. It is reproduce
   default: DVC's own status, so at best as fast as ``dvc status``);
 - one parameter changed (one chain of 10 stages stale): the same three.
 
-Usage: python bench/status.py [--stages 1000] [--repeat 3]
+With ``--params one-file`` (the default) every stage's parameter is a key of one
+params.yaml, which DVC parses again for every stage it checks (its cost grows with the
+square of the pipeline); ``--params per-stage`` gives each stage its own small file.
+
+Usage: python bench/status.py [--stages 1000] [--repeat 3] [--params one-file|per-stage]
 """
 
 from __future__ import annotations
@@ -22,24 +26,31 @@ import statistics
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from _common import BIN, ENV, timed
 
 HERE = Path(__file__).parent
 
 
-def make_repo(root: Path, n: int) -> None:
+def make_repo(root: Path, n: int, layout: str = "one-file") -> None:
     (root / "data").mkdir(parents=True)
     (root / "out").mkdir()
+    (root / "params").mkdir()
     stages, params = {}, {}
     for i in range(n):
         (root / "data" / f"d{i}.txt").write_text(f"data {i}\n" * 100)
-        params[f"s{i}"] = {"x": i}
         deps = [f"data/d{i}.txt"] + ([f"out/o{i - 1}.txt"] if i % 10 else [])
+        if layout == "one-file":  # every stage's parameter in params.yaml
+            params[f"s{i}"] = {"x": i}
+            stage_params: list[Any] = [f"s{i}.x"]
+        else:  # one small params file per stage
+            (root / "params" / f"s{i}.yaml").write_text(json.dumps({"x": i}))
+            stage_params = [{f"params/s{i}.yaml": ["x"]}]
         stages[f"s{i:04d}"] = {
             "cmd": f"cat {' '.join(deps)} > out/o{i}.txt",
             "deps": deps,
-            "params": [f"s{i}.x"],
+            "params": stage_params,
             "outs": [f"out/o{i}.txt"],
         }
     (root / "params.yaml").write_text(json.dumps(params, indent=1))
@@ -70,25 +81,33 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument("--params", choices=["one-file", "per-stage"], default="one-file",
+                    help="all parameters in params.yaml (DVC re-parses it for every stage"
+                    " it checks), or one small params file per stage")  # fmt: skip
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lauf-bench-status-") as tmp:
         root = Path(tmp) / "repo"
-        make_repo(root, args.stages)
+        make_repo(root, args.stages, args.params)
         setup = timed([str(BIN / "lauf-dvc"), "repro", "-j", str(args.jobs)], root,
                       LAUF_DVC_FINGERPRINT="xxhash")  # fmt: skip
         unchanged = measure(root, args.repeat)
-        params = json.loads((root / "params.yaml").read_text())
-        params["s0"]["x"] = -1  # s0000 .. s0009 become stale
-        (root / "params.yaml").write_text(json.dumps(params, indent=1))
+        if args.params == "one-file":
+            params = json.loads((root / "params.yaml").read_text())
+            params["s0"]["x"] = -1  # s0000 .. s0009 become stale
+            (root / "params.yaml").write_text(json.dumps(params, indent=1))
+        else:
+            (root / "params" / "s0.yaml").write_text(json.dumps({"x": -1}))
         changed = measure(root, args.repeat)
     result = dict(date=datetime.date.today().isoformat(), stages=args.stages,
+                  params=args.params,
                   cpus=os.cpu_count(), setup_repro_s=round(setup, 1),
                   unchanged=unchanged, one_param_changed=changed)  # fmt: skip
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / f"status-{result['date']}.json").write_text(json.dumps(result, indent=1))
+    name = f"status-{result['date']}-{args.stages}-{args.params}.json"
+    (out / name).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
-    print(f"\n| {args.stages} stages | " + " | ".join(unchanged) + " |")
+    print(f"\n| {args.stages} stages, params {args.params} | " + " | ".join(unchanged) + " |")
     print("|---|" + "---|" * len(unchanged))
     for label, row in (("nothing changed", unchanged), ("one param changed", changed)):
         base = row["dvc status"]

@@ -84,6 +84,13 @@ class Project:
     def db_url(self) -> str:
         return self.settings.db or f"sqlite:///{self.lauf_dir / 'lauf.sqlite'}"
 
+    def has_database(self) -> bool:
+        """False only for a SQLite database file that does not exist yet."""
+        url = self.db_url
+        if not url.startswith("sqlite:///"):
+            return True
+        return Path(url.removeprefix("sqlite:///").partition("?")[0]).exists()
+
     def store(self) -> Store:
         """The scheduler database; every transition it commits goes to the plugins."""
         store = Store(self.db_url, lock=self.settings.lock)
@@ -138,24 +145,45 @@ def open_project(
     ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
     ``status``, ``repro --dry``; a sync that writes must read states first).
     """
+    from lauf_dvc.dvc import pipecache
     from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo
 
     root = find_root(start)
+    lauf_dir = root / LAUF_DIR
+    cached = pipecache.load(root, lauf_dir) if not targets else None
+    if cached is not None:  # nothing the pipeline is built from changed since last time
+        project = _project(root, cli, *cached)
+        dvc_stages = _dvc_judged(project) if prefetch_verdicts else set()
+        if dvc_stages:
+            with open_repo(root) as repo, locked(repo):
+                project._prefetched = _verdicts_locked(repo, project.stages, dvc_stages)
+        return project
     # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
-    with open_repo(root) as repo, locked(repo):
+    with open_repo(root) as repo, pipecache.recording(repo) as rec, locked(repo):
         lauf_vars = read_lauf_vars(root, repo)
-        settings = ProjectSettings.resolve(cli, lauf_vars, source="dvc.yaml")
         stages = load_locked(repo, targets)
-        stage_settings = {
-            s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}")
-            for s in stages
-        }
-        project = Project(root, settings, stages, stage_settings)
+        project = _project(root, cli, lauf_vars, stages)
+        if not targets:
+            rec.save(lauf_dir, lauf_vars, stages)
         if prefetch_verdicts:
-            dvc_stages = {s.address for s in stages if project.fingerprinter(s.address) == "dvc"}
-            project._prefetched = _verdicts_locked(repo, stages, dvc_stages)
+            project._prefetched = _verdicts_locked(repo, stages, _dvc_judged(project))
     return project
+
+
+def _project(
+    root: Path, cli: Mapping[str, Any] | None, lauf_vars: dict[str, Any], stages: list[StageInfo]
+) -> Project:
+    settings = ProjectSettings.resolve(cli, lauf_vars, source="dvc.yaml")
+    stage_settings = {
+        s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}") for s in stages
+    }
+    return Project(root, settings, stages, stage_settings)
+
+
+def _dvc_judged(project: Project) -> set[str]:
+    """The stages whose staleness DVC itself decides (the ``dvc`` fingerprinter)."""
+    return {s.address for s in project.stages if project.fingerprinter(s.address) == "dvc"}
 
 
 # -- staleness ---------------------------------------------------------------------------
@@ -352,7 +380,7 @@ class SyncReport:
 
 def sync(
     project: Project,
-    store: Store,
+    store: Store | None,
     *,
     worker: str | None,
     force: bool = False,
@@ -364,8 +392,11 @@ def sync(
     Changed completed stages become invalidated (and their downstream); stages found
     up to date, with nothing upstream to run, are adopted as completed (so a
     `dvc repro -s X` elsewhere is seen). Each stage's fingerprinter decides (see
-    :func:`stage_verdicts`). With ``dry`` nothing is written.
+    :func:`stage_verdicts`). With ``dry`` nothing is written (``store`` None: there is no
+    database yet, every stage is new).
     """
+    if store is None and not dry:
+        raise ValueError("sync needs a store unless dry")
     if reset_failures and not dry:  # a new run retries what failed in the last one
         store.reset(
             [r.id for r in store.task_rows() if r.state in (S.FAILED, S.KILLED)],
@@ -375,7 +406,7 @@ def sync(
     # States first, DVC second: a stage another worker is running reads as changed to DVC
     # (its outputs are being rewritten); read in this order, it is seen as running and
     # left alone even if it completes meanwhile, never as completed-and-changed (re-run).
-    rows = {r.id: r for r in store.task_rows()}
+    rows = {r.id: r for r in store.task_rows()} if store is not None else {}
     verdicts, current = stage_verdicts(project, rows, prefetched=dry)
     will_run: dict[str, str] = {}
     invalidated: list[str] = []
@@ -418,9 +449,9 @@ def _one_line(exc: BaseException) -> str:
 
 def status_rows(project: Project) -> list[dict[str, Any]]:
     """Every selected stage: its state in the database, whether it is stale, and why."""
-    store = project.store()
+    store = project.store() if project.has_database() else None  # a look creates nothing
     report = sync(project, store, worker=None, dry=True)
-    db = {r.id: r for r in store.task_rows()}
+    db = {r.id: r for r in store.task_rows()} if store is not None else {}
     rows = []
     for stage in project.stages:
         a = stage.address
@@ -436,5 +467,6 @@ def status_rows(project: Project) -> list[dict[str, Any]]:
         if row is not None and row.info.get("log"):
             entry["log"] = row.info["log"]
         rows.append(entry)
-    store.dispose()
+    if store is not None:
+        store.dispose()
     return rows

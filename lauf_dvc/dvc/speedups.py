@@ -19,11 +19,12 @@ import contextlib
 import os
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _installed = False
 _lock = threading.Lock()
+READ_HOOKS: list[Callable[[str], None]] = []  # told each file _YamlCache reads (pipecache)
 
 
 def install() -> None:
@@ -129,6 +130,8 @@ class _YamlCache:
              round_trip: bool = False) -> Any:  # fmt: skip
         if round_trip or schema is None or getattr(fs, "protocol", None) != "local":
             return self.real(path, schema, fs, encoding, round_trip)
+        for hook in READ_HOOKS:
+            hook(os.path.abspath(path))
         try:
             with open(path, encoding=encoding) as fd:
                 text = fd.read()

@@ -25,14 +25,38 @@ def load_params_file(root: Path, path: str) -> Any:
     from dvc.utils.serialize import LOADERS
 
     full = root / path
+    suffix = full.suffix.lower()
     try:
-        return LOADERS[full.suffix.lower()](str(full))
+        if suffix in (".yaml", ".yml"):  # DVC's parse (ruamel, safe), one parser object
+            fast = _parse_yaml(full)
+            if fast is not _FAILED:
+                return fast
+        return LOADERS[suffix](str(full))  # other formats, and DVC's own error messages
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         raise PipelineError(f"params file {path} is a directory, expected a file") from None
     except DvcException as exc:
         raise PipelineError(f"params file {path}: {exc}; fix its syntax") from None
+
+
+_FAILED = object()
+_YAML: Any = None
+
+
+def _parse_yaml(path: Path) -> Any:
+    """``path`` parsed as DVC's ``parse_yaml`` does (``YAML(typ="safe").load(text) or {}``),
+    with one parser object instead of a new one per file; ``_FAILED`` on any error."""
+    global _YAML
+    from ruamel.yaml import YAML, YAMLError
+
+    if _YAML is None:
+        _YAML = YAML(typ="safe")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return _YAML.load(text) or {}
+    except (YAMLError, UnicodeDecodeError, ValueError):
+        return _FAILED
 
 
 def param_value(config: Any, key: str | None) -> str:

@@ -223,7 +223,9 @@ def test_generated_pipeline_ends_as_dvc_repro_leaves_it(make, twins, dvctools) -
 def test_a_change_reruns_that_stage_and_downstream_and_nothing_else(dvc_repo, dvctools):
     pipeline = diamond()
     root = dvc_repo(pipeline.files)
-    assert all(row["reason"] == "never run" for row in status(root).values())
+    rows = status(root)
+    assert all(row["reason"] == "never run" and row["state"] == "new" for row in rows.values())
+    assert not (root / ".dvc/tmp/lauf/lauf.sqlite").exists()  # a look creates nothing
     assert set(lauf(root, "repro", "-j", "4").ran) == pipeline.stages
 
     # a parameter: left reads p.left

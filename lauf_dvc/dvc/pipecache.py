@@ -1,0 +1,192 @@
+"""The loaded pipeline, kept between commands while nothing it was built from changed.
+
+Loading a pipeline through DVC's API (walk the workspace for ``dvc.yaml`` files, parse,
+interpolate and validate each, build every stage object and the graph) is most of what
+``lauf-dvc status`` costs on a large project, and it is the same work every time the
+project has not changed. After a full load, :func:`recording` stores the result (the
+:class:`~lauf_dvc.dvc.pipeline.StageInfo` list and the ``lauf`` vars) in
+``.dvc/tmp/lauf/pipeline.json`` with what the load depended on:
+
+- every directory DVC's walk entered, with the names in it that decide the walk
+  (sub-directories, ``dvc.yaml``/``.dvc`` files, ``.gitignore``, ``.dvcignore``), so a
+  pipeline file added or removed anywhere DVC looks is noticed;
+- every file read while loading (``dvc.yaml`` files, the params and vars files used for
+  interpolation), the ignore files of those directories, ``.git/info/exclude`` and DVC's
+  config files, by size, mtime, ctime and inode;
+- the versions of lauf-dvc, DVC and Python.
+
+:func:`load` checks all of that (a listing per walked directory and a ``stat`` per file)
+and returns the stored pipeline only if everything matches; a file changed within
+:data:`RACY` seconds of the snapshot never matches (a change within one timestamp tick
+could otherwise go unseen). Anything else (no snapshot, a mismatch, an unreadable
+snapshot) means a full load through DVC, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lauf_dvc.dvc import speedups
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+
+    from lauf_dvc.dvc.pipeline import StageInfo
+
+log = logging.getLogger(__name__)
+
+FILE = "pipeline.json"  # under .dvc/tmp/lauf
+FORMAT = 1
+RACY = 2.0  # seconds
+_DECIDING = (".gitignore", ".dvcignore")
+
+
+def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo]] | None:
+    """``(lauf_vars, stages)`` as the last full load found them, if nothing changed since."""
+    from lauf_dvc.dvc.pipeline import StageInfo
+
+    try:
+        snap = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
+        if snap.get("format") != FORMAT or snap.get("versions") != _versions():
+            return None
+        if not _unchanged(snap, str(root)):
+            return None
+        stages = [StageInfo(**_stage_fields(s)) for s in snap["stages"]]
+        return snap["lauf_vars"], stages
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class Recording:
+    """What one full load read (see :func:`recording`)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.dirs: set[str] = set()
+        self.files: set[str] = set()
+        self.started = time.time()
+
+    def save(self, lauf_dir: Path, lauf_vars: dict[str, Any], stages: Sequence[StageInfo]) -> None:
+        """Store the loaded pipeline with what it depends on; never fails the caller."""
+        try:  # dvc.lock files are read too, but nothing loaded here comes from them
+            files = {f for f in self.files if os.path.basename(f) != "dvc.lock"}
+            dirs = {}
+            for d in sorted(self.dirs):
+                names = _deciding_names(d)
+                dirs[self._rel(d)] = names
+                files.update(os.path.join(d, n) for n in names if n in _DECIDING)
+            git = os.path.join(self.root, ".git", "info", "exclude")
+            dvc = [os.path.join(self.root, ".dvc", n) for n in ("config", "config.local")]
+            files.update([git, *dvc])
+            snap = {
+                "format": FORMAT,
+                "versions": _versions(),
+                "time": self.started,
+                "dirs": dirs,
+                "files": {self._rel(f): _stat(f) for f in sorted(files)},
+                "lauf_vars": lauf_vars,
+                "stages": [dataclasses.asdict(s) for s in stages],
+            }
+            if any(st and st[1] / 1e9 >= self.started - RACY for st in snap["files"].values()):
+                (lauf_dir / FILE).unlink(missing_ok=True)  # too fresh to be trusted later
+                return
+            text = json.dumps(snap)
+            lauf_dir.mkdir(parents=True, exist_ok=True)
+            tmp = lauf_dir / f"{FILE}.{os.getpid()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, lauf_dir / FILE)
+        except (OSError, TypeError, ValueError) as exc:  # e.g. a meta value JSON cannot hold
+            log.debug("pipeline not cached: %s", exc)
+            with contextlib.suppress(OSError):
+                (lauf_dir / FILE).unlink(missing_ok=True)
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root)
+
+
+@contextlib.contextmanager
+def recording(repo: Repo) -> Iterator[Recording]:
+    """Note every directory DVC walks and every file it reads through ``repo`` meanwhile."""
+    rec = Recording(repo.root_dir)
+    fs = repo.fs
+    if getattr(fs, "protocol", None) != "local":
+        yield rec
+        return
+    walk, open_ = fs.walk, fs.open
+
+    def recorded_walk(path: Any, **kwargs: Any) -> Iterator[Any]:
+        for entry in walk(path, **kwargs):
+            rec.dirs.add(os.path.abspath(entry[0]))
+            yield entry
+
+    def recorded_open(path: Any, mode: str = "r", **kwargs: Any) -> Any:
+        if "r" in mode:
+            rec.files.add(os.path.abspath(os.fspath(path)))
+        return open_(path, mode, **kwargs)
+
+    fs.walk, fs.open = recorded_walk, recorded_open
+    speedups.READ_HOOKS.append(rec.files.add)
+    try:
+        yield rec
+    finally:
+        speedups.READ_HOOKS.remove(rec.files.add)
+        fs.walk, fs.open = walk, open_
+
+
+def _unchanged(snap: dict[str, Any], root: str) -> bool:
+    fresh = snap["time"] - RACY
+    for rel, names in snap["dirs"].items():
+        try:
+            if _deciding_names(os.path.join(root, rel)) != names:
+                return False
+        except OSError:
+            return False
+    for rel, recorded in snap["files"].items():
+        now = _stat(os.path.join(root, rel))
+        if now != recorded or (now is not None and now[1] / 1e9 >= fresh):
+            return False
+    return True
+
+
+def _deciding_names(directory: str) -> list[str]:
+    """The entries of ``directory`` that decide what DVC's walk finds."""
+    from dvc.dvcfile import is_valid_filename
+
+    names = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            if entry.name in _DECIDING or is_valid_filename(entry.name):
+                names.append(entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                names.append(entry.name + "/")
+    return sorted(names)
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _versions() -> list[str]:
+    import dvc
+
+    import lauf_dvc
+
+    return [lauf_dvc.__version__, dvc.__version__, sys.version.split()[0]]
+
+
+def _stage_fields(data: dict[str, Any]) -> dict[str, Any]:
+    tuples = ("cmd", "deps", "outs", "params", "upstream")
+    return {k: tuple(v) if k in tuples else v for k, v in data.items()}

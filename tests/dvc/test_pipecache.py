@@ -1,0 +1,92 @@
+"""The pipeline snapshot (lauf_dvc.dvc.pipecache): used when nothing changed, never after
+a change DVC would see, on real repositories."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from lauf_dvc.dvc import pipecache
+from lauf_dvc.dvc.project import LAUF_DIR, open_project
+
+FILES = {
+    "params.yaml": "x: 1\n",
+    "dvc.yaml": (
+        "vars:\n  - lauf:\n      jobs: 2\n"
+        "stages:\n"
+        "  a:\n    cmd: echo ${x} > a.txt\n    outs: [a.txt]\n"
+        "  b:\n    cmd: cat a.txt > b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n"
+    ),
+    "data/keep.txt": "data\n",
+}
+
+
+def _age(root: Path, seconds: float = 60) -> None:
+    """Date every file of the workspace back (the snapshot distrusts fresh files)."""
+    past = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (past, past))
+    os.utime(root / ".git/info/exclude", (past, past))
+
+
+def _cached(root: Path) -> list[str] | None:
+    hit = pipecache.load(root, root / LAUF_DIR)
+    return None if hit is None else [s.address for s in hit[1]]
+
+
+@pytest.fixture
+def repo(dvc_repo) -> Path:
+    root = dvc_repo(FILES)
+    _age(root)
+    project = open_project(start=root)  # a full load, which saves the snapshot
+    assert [s.address for s in project.stages] == ["a", "b"]
+    assert project.settings.jobs == 2
+    return root
+
+
+def test_unchanged_project_comes_from_the_snapshot(repo: Path) -> None:
+    assert _cached(repo) == ["a", "b"]
+    project = open_project(start=repo)
+    assert project.stages[0].cmd == ("echo 1 > a.txt",) and project.settings.jobs == 2
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # not an input of the load
+    assert _cached(repo) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["edit dvc.yaml", "interpolated param", "new sub/dvc.yaml", "gitignore", "dvcignore"],
+)
+def test_any_change_dvc_would_see_means_a_full_load(repo: Path, change: str) -> None:
+    if change == "edit dvc.yaml":
+        text = (repo / "dvc.yaml").read_text().replace("cat a.txt", "sort a.txt")
+        (repo / "dvc.yaml").write_text(text)
+    elif change == "interpolated param":
+        (repo / "params.yaml").write_text("x: 2\n")
+    elif change == "new sub/dvc.yaml":
+        (repo / "sub").mkdir()
+        (repo / "sub/dvc.yaml").write_text("stages:\n  c:\n    cmd: echo c\n")
+    elif change == "gitignore":
+        (repo / ".gitignore").write_text("/data\n")
+    else:
+        (repo / ".dvcignore").write_text("data\n")
+    _age(repo)  # even with old timestamps: sizes, inodes and listings differ
+    assert _cached(repo) is None
+    project = open_project(start=repo)  # the full load sees the change
+    if change == "interpolated param":
+        assert project.stages[0].cmd == ("echo 2 > a.txt",)
+    if change == "new sub/dvc.yaml":
+        assert "sub/dvc.yaml:c" in [s.address for s in project.stages]
+    if change == "edit dvc.yaml":
+        assert project.stages[1].cmd == ("sort a.txt > b.txt",)
+
+
+def test_a_file_changed_within_a_timestamp_tick_is_not_trusted(repo: Path) -> None:
+    (repo / "params.yaml").write_text("x: 3\n")  # fresh mtime
+    assert _cached(repo) is None
+    assert open_project(start=repo).stages[0].cmd == ("echo 3 > a.txt",)
+    assert _cached(repo) is None  # params.yaml is still too fresh to snapshot

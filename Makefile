@@ -28,7 +28,8 @@ bench: venv
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/fingerprint.py
-	$(BIN)/python bench/status.py
+	$(BIN)/python bench/status.py --params per-stage
+	$(BIN)/python bench/status.py --params one-file
 
 lint: venv
 	$(BIN)/ruff check .

@@ -96,7 +96,10 @@ class Recording:
                 "lauf_vars": lauf_vars,
                 "stages": [dataclasses.asdict(s) for s in stages],
             }
-            if any(st and st[1] / 1e9 >= self.started - RACY for st in snap["files"].values()):
+            fresh = self.started - RACY  # a directory changed since (a dvc.yaml added
+            dir_times = [os.stat(d).st_mtime_ns / 1e9 for d in self.dirs]  # while DVC
+            file_times = [st[1] / 1e9 for st in snap["files"].values() if st]  # walked)
+            if any(t >= fresh for t in (*dir_times, *file_times)):
                 (lauf_dir / FILE).unlink(missing_ok=True)  # too fresh to be trusted later
                 return
             text = json.dumps(snap)

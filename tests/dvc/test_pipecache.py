@@ -29,7 +29,7 @@ def _age(root: Path, seconds: float = 60) -> None:
     past = time.time() - seconds
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != ".git"]
-        for name in filenames:
+        for name in [*filenames, "."]:
             os.utime(os.path.join(dirpath, name), (past, past))
     os.utime(root / ".git/info/exclude", (past, past))
 

@@ -1,11 +1,13 @@
-"""Every shell command shown in README.md (and docs/cli.md) runs, in order, and succeeds.
+"""Every shell command shown in README.md, docs/cli.md and docs/plugins.md runs, in order,
+and succeeds.
 
 The commands of ```console blocks (lines starting with ``$ ``) and ```sh blocks run one
 after the other in one bash session (a ``cd`` carries over), from a temporary copy of
 this checkout's ``examples/`` with ``.venv`` linked in, as a reader who cloned the
 repository would run them. README.md's 60-second tour copies the example pipeline,
-makes it a git + DVC repository and runs lauf-dvc on it; docs/cli.md's commands then
-run in that same repository.
+makes it a git + DVC repository and runs lauf-dvc on it; docs/cli.md's and
+docs/plugins.md's commands then run in that same repository. (docs/slurm.md's commands
+need a batch system and are not run.)
 
 Each command must exit 0, and every line of the output shown under it that holds no
 digit (times, counts, pids and dates differ from run to run) must appear in what it
@@ -32,7 +34,7 @@ from cli_helpers import isolated, iter_blocks  # noqa: F401 (fixture)
 pytestmark = [pytest.mark.usefixtures("isolated"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "cli.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "plugins.md"]
 VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix else None
 #: Commands shown but not run here, and why (see the module docstring).
 NOT_RUN = {

@@ -145,7 +145,7 @@ def open_project(
     ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
     ``status``, ``repro --dry``; a sync that writes must read states first).
     """
-    from lauf_dvc.dvc import pipecache
+    from lauf_dvc.dvc import pipecache, verdictcache
     from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo
 
     root = find_root(start)
@@ -154,9 +154,14 @@ def open_project(
     if cached is not None:  # nothing the pipeline is built from changed since last time
         project = _project(root, cli, *cached)
         dvc_stages = _dvc_judged(project) if prefetch_verdicts else set()
-        if dvc_stages:
-            with open_repo(root) as repo, locked(repo):
-                project._prefetched = _verdicts_locked(repo, project.stages, dvc_stages)
+        if dvc_stages:  # DVC's verdicts: those still valid are kept, the others asked
+            keys = verdictcache.Keys(root, [s for s in project.stages if s.address in dvc_stages])
+            verdicts = verdictcache.load(lauf_dir, keys)
+            if ask := dvc_stages - set(verdicts):
+                with open_repo(root) as repo, locked(repo):
+                    verdicts.update(_verdicts_locked(repo, project.stages, ask))
+                verdictcache.save(lauf_dir, keys, verdicts)
+            project._prefetched = verdicts
         return project
     # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
@@ -167,7 +172,10 @@ def open_project(
         if not targets:
             rec.save(lauf_dir, lauf_vars, stages)
         if prefetch_verdicts:
-            project._prefetched = _verdicts_locked(repo, stages, _dvc_judged(project))
+            dvc_stages = _dvc_judged(project)
+            keys = verdictcache.Keys(root, [s for s in stages if s.address in dvc_stages])
+            project._prefetched = _verdicts_locked(repo, stages, dvc_stages)
+            verdictcache.save(lauf_dir, keys, project._prefetched)
     return project
 
 

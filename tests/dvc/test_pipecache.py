@@ -90,3 +90,50 @@ def test_a_file_changed_within_a_timestamp_tick_is_not_trusted(repo: Path) -> No
     assert _cached(repo) is None
     assert open_project(start=repo).stages[0].cmd == ("echo 3 > a.txt",)
     assert _cached(repo) is None  # params.yaml is still too fresh to snapshot
+
+
+# -- DVC's verdicts kept for `lauf-dvc status` (lauf_dvc.dvc.verdictcache) ----------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, seed) -> None:
+    """Over random edits, status with stored verdicts says what `dvc status` says."""
+    import random
+
+    from test_fingerprinters import EDITS
+    from test_fingerprinters import FILES as PIPELINE
+
+    from lauf_dvc.dvc import project as project_module
+    from lauf_dvc.dvc import verdictcache
+
+    # no 2 s distrust of fresh files here, so that the stored verdicts are used at once
+    monkeypatch.setattr(pipecache, "RACY", 0.0)
+    monkeypatch.setattr(verdictcache, "RACY", 0.0)
+    asked: list[set[str]] = []
+    real = project_module._verdicts_locked
+
+    def counting(repo, stages, only):
+        asked.append(set(only or ()))
+        return real(repo, stages, only)
+
+    monkeypatch.setattr(project_module, "_verdicts_locked", counting)
+    root = dvc_repo(PIPELINE)
+    dvctools.reproduce(root)
+    rng = random.Random(seed)
+    history: list[str] = []
+    from_store = 0
+    for _step in range(10):
+        history.append(rng.choice(EDITS)(root, rng))
+        expected = set(dvctools.dvc_status(root))
+        for attempt in range(2):  # the first may ask DVC; the second finds it stored
+            asked.clear()
+            project = open_project(start=root, prefetch_verdicts=True)
+            assert project._prefetched is not None
+            got = {a for a, v in project._prefetched.items() if v.changed}
+            assert got == expected, (history, attempt)
+            from_store += attempt == 1 and not asked
+        if rng.random() < 0.3:
+            dvctools.reproduce(root)
+            history.append("repro")
+    assert from_store >= 5, history  # the store was really used (a future mtime is not)

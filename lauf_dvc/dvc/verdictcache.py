@@ -1,0 +1,182 @@
+"""DVC's verdicts on stages (stale or not, and why), kept for ``lauf-dvc status`` while
+nothing DVC would look at changed.
+
+With the default ``dvc`` fingerprinter, ``lauf-dvc status`` asks DVC itself whether each
+stage changed: that builds DVC's index and checks every stage, as ``dvc status`` does.
+DVC's answer for a stage depends only on the stage's definition, its ``dvc.lock`` entry,
+and its dependencies, parameter files and outputs on disk; DVC itself trusts a file's
+hash while its inode, size and mtime are unchanged (its state database). So after
+asking DVC, lauf stores each verdict (``.dvc/tmp/lauf/verdicts.json``) with a key made of:
+
+- the stage's definition as loaded (only used when the pipeline came from an unchanged
+  snapshot, :mod:`lauf_dvc.dvc.pipecache`, so ``dvc.yaml`` is unchanged too);
+- the text of its entry in ``dvc.lock`` (DVC's shape only; otherwise nothing is kept);
+- size, mtime, ctime and inode of every dependency, parameter file and output, and of
+  every file below those that are directories.
+
+The next ``lauf-dvc status`` uses a stored verdict only when the key is the same and no
+part of it is younger than 2 s (a change within one timestamp tick is never missed); it
+asks DVC for every other stage. ``always_changed`` stages are always asked. This is a
+read-only view: ``repro`` and ``worker`` always ask DVC itself before running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lauf_dvc.dvc.pipecache import RACY, _versions
+
+if TYPE_CHECKING:
+    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.project import StageVerdict
+
+log = logging.getLogger(__name__)
+
+FILE = "verdicts.json"  # under .dvc/tmp/lauf
+FORMAT = 1
+
+
+class Keys:
+    """The current key of each stage (computed once per status)."""
+
+    def __init__(self, root: Path, stages: Iterable[StageInfo]) -> None:
+        self.root = root
+        self.time = time.time()
+        self._blocks: dict[str, dict[str, str] | None] = {}
+        self.keys: dict[str, Any] = {}
+        for stage in stages:
+            if not stage.always_changed:
+                self.keys[stage.address] = self._key(stage)
+
+    def _key(self, stage: StageInfo) -> Any:
+        blocks = self._lock_blocks(stage.dvcfile)
+        if blocks is None:
+            return None
+        files = [*stage.deps, *(p.split(":", 1)[0] for p in stage.params), *stage.outs]
+        parts: list[Any] = [_definition(stage), blocks.get(stage.name)]
+        for rel in sorted(set(files)):
+            parts.append([rel, _stats(self.root / rel)])
+        return parts
+
+    def _lock_blocks(self, dvcfile: str) -> dict[str, str] | None:
+        """The entries of the dvc.lock next to ``dvcfile``, by stage name, as text; None
+        if that file is not in the shape DVC writes (then nothing is cached)."""
+        if dvcfile not in self._blocks:
+            self._blocks[dvcfile] = _entries(self.root / Path(dvcfile).with_suffix(".lock"))
+        return self._blocks[dvcfile]
+
+    def fresh(self, key: Any) -> bool:
+        """Whether a file in ``key`` changed within :data:`RACY` seconds of now."""
+        limit = (self.time - RACY) * 1e9
+        return any(t >= limit for _, stats in key[2:] for t in _times(stats))
+
+
+def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
+    """The stored verdicts whose key still holds."""
+    from lauf_dvc.dvc.project import StageVerdict
+
+    try:
+        stored = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
+        if stored.get("format") != FORMAT or stored.get("versions") != _versions():
+            return {}
+        out = {}
+        for address, entry in stored["stages"].items():
+            key = keys.keys.get(address)
+            if key is None or entry["key"] != key or keys.fresh(key):
+                continue
+            out[address] = StageVerdict(address, entry["changed"], tuple(entry["reasons"]))
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> None:
+    """Store ``verdicts`` (just computed by DVC) under the keys taken before asking DVC."""
+    try:
+        stages = {}
+        for address, verdict in verdicts.items():
+            key = keys.keys.get(address)
+            if key is None or keys.fresh(key) or key != _recompute(keys, address):
+                continue  # unknown, too fresh, or changed while DVC looked
+            stages[address] = {"key": key, "changed": verdict.changed,
+                               "reasons": list(verdict.reasons)}  # fmt: skip
+        data = {"format": FORMAT, "versions": _versions(), "stages": stages}
+        tmp = lauf_dir / f"{FILE}.{os.getpid()}.tmp"
+        lauf_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, lauf_dir / FILE)
+    except (OSError, TypeError, ValueError) as exc:
+        log.debug("verdicts not cached: %s", exc)
+
+
+def _recompute(keys: Keys, address: str) -> Any:
+    """The key of ``address`` now (files only: definition and dvc.lock entry as before)."""
+    key = keys.keys[address]
+    return [*key[:2], *([rel, _stats(keys.root / rel)] for rel, _ in key[2:])]
+
+
+def _entries(lock: Path) -> dict[str, str] | None:
+    from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+
+    try:
+        text = lock.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError):
+        return None
+    blocks = entry_blocks(text) if text else []
+    if blocks is None:
+        return None
+    found = {}
+    for block in blocks:
+        first = block[2 : block.index("\n") - 1]  # "  name:" -> name (a plain YAML key)
+        if first[:1] in ("'", '"'):  # quoted: let YAML read it
+            parsed = parse_entry(block)
+            if parsed is None:
+                return None
+            first = parsed[0]
+        found[first] = block
+    return found
+
+
+def _times(stats: Any) -> Iterable[int]:
+    """mtime and ctime (ns) of every file in a stats value of :func:`_stats`."""
+    if not stats:
+        return ()
+    if isinstance(stats[0], list):  # a directory: one row per file
+        return [t for row in stats for t in row[2:4]]
+    return stats[1:3]
+
+
+def _definition(stage: StageInfo) -> list[Any]:
+    return [stage.address, list(stage.cmd), stage.wdir, list(stage.deps), list(stage.outs),
+            list(stage.params), stage.frozen, stage.always_changed]  # fmt: skip
+
+
+def _stats(path: Path) -> list[Any] | None:
+    """[size, mtime_ns, ctime_ns, inode] of a file; for a directory, a list of
+    [relative path, size, mtime_ns, ctime_ns, inode] of every file below it; None if absent."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not os.path.isdir(path):
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    out: list[Any] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            try:
+                fst = os.stat(full)
+            except OSError:
+                continue
+            out.append([os.path.relpath(full, path), fst.st_size, fst.st_mtime_ns,
+                        fst.st_ctime_ns, fst.st_ino])  # fmt: skip
+    return out

@@ -16,7 +16,8 @@ asking DVC, lauf stores each verdict (``.dvc/tmp/lauf/verdicts.json``) with a ke
 
 The next ``lauf-dvc status`` uses a stored verdict only when the key is the same and no
 part of it is younger than 2 s (a change within one timestamp tick is never missed); it
-asks DVC for every other stage. ``always_changed`` stages are always asked. This is a
+asks DVC for every other stage. ``always_changed`` stages, and stages with a remote
+dependency or output (a URL), are always asked. This is a
 read-only view: ``repro`` and ``worker`` always ask DVC itself before running anything.
 """
 
@@ -59,6 +60,8 @@ class Keys:
         if blocks is None:
             return None
         files = [*stage.deps, *(p.split(":", 1)[0] for p in stage.params), *stage.outs]
+        if any("://" in f for f in files):  # a remote file may change with nothing local
+            return None
         parts: list[Any] = [_definition(stage), blocks.get(stage.name)]
         for rel in sorted(set(files)):
             parts.append([rel, _stats(self.root / rel)])

@@ -72,6 +72,20 @@ class AtomicFiles:
                 path.unlink(missing_ok=True)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as JSON in ``path``, via a temporary file: a reader sees old or new, never half."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def install(repo: Repo) -> AtomicFiles:
     """Route ``repo``'s writes of dvc.lock files and of its rwlock file through temporary
     files that replace them only when complete. Returns the installed shim."""

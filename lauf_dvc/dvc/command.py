@@ -44,6 +44,7 @@ from typing import Any, BinaryIO, TextIO
 
 import psutil
 
+from lauf_dvc.dvc.atomic import write_json
 from lauf_dvc.faults import fault
 
 log = logging.getLogger(__name__)
@@ -221,11 +222,8 @@ def _record_path(records: Path, address: str) -> Path:
 
 def _write_record(records: Path, address: str, token: str) -> Path:
     path = _record_path(records, address)
-    records.mkdir(parents=True, exist_ok=True)
     data = dict(address=address, host=socket.gethostname(), worker=os.getpid(), token=token)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)  # a reader never sees half a record
+    write_json(path, data)  # a reader never sees half a record
     return path
 
 

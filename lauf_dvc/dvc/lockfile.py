@@ -29,15 +29,16 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc.dvc.speedups import safe_yaml
+
 if TYPE_CHECKING:
     from dvc.stage import PipelineStage
-
-log = logging.getLogger(__name__)
 
 _HEADER = "stages:\n"
 _COMMENT_OR_TAB = re.compile(r"^[ \t]*#|^ *\t", re.MULTILINE)
 _KEY_LINE = re.compile(r"^  [^ ?:\n-][^\n]*:$", re.MULTILINE)  # an entry's first line
 _ANY_KEY = re.compile(r"^  [^ \n]", re.MULTILINE)  # where an entry (or stages:) ends
+_TOP_KEY = re.compile(r"^[^ \n]", re.MULTILINE)  # where stages: ends
 
 
 def dump_entry(stage: PipelineStage) -> bool:
@@ -75,12 +76,8 @@ def splice(text: str, name: str, entry: dict[str, Any]) -> tuple[str, bool] | No
     if start < 0:
         return None
     start += 1 + len(_HEADER)  # first character of the first entry
-    end = start  # the end of the stages block: the next unindented line, or the end
-    for match in re.finditer(r"^[^ \n]", text[start:], re.MULTILINE):
-        end = start + match.start()
-        break
-    else:
-        end = len(text)
+    top = _TOP_KEY.search(text, start)  # the end of the stages block
+    end = top.start() if top else len(text)
     block = render(entry)
     key_line = block[: block.index("\n") + 1]
     if not _KEY_LINE.fullmatch(key_line[:-1]):
@@ -135,9 +132,7 @@ def _dedent(lines: str) -> str:
 
 
 def _load(text: str) -> Any:
-    from ruamel.yaml import YAML
-
-    return YAML(typ="safe").load(_dedent(text))
+    return safe_yaml().load(_dedent(text))
 
 
 _PLAIN_HEADER = "schema: '2.0'\n" + _HEADER
@@ -149,7 +144,7 @@ def entry_blocks(text: str) -> list[str] | None:
     if not text.startswith(_PLAIN_HEADER) or not text.endswith("\n"):
         return None
     body = text[len(_PLAIN_HEADER) :]
-    if _COMMENT_OR_TAB.search(body) or re.search(r"^[^ \n]", body, re.MULTILINE):
+    if _COMMENT_OR_TAB.search(body) or _TOP_KEY.search(body):
         return None
     starts = [m.start() for m in _ANY_KEY.finditer(body)]
     if not starts or starts[0] != 0:

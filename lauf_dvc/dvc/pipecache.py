@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import speedups
+from lauf_dvc.dvc.atomic import write_json
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -56,7 +57,7 @@ def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo]] |
 
     try:
         snap = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
-        if snap.get("format") != FORMAT or snap.get("versions") != _versions():
+        if snap.get("format") != FORMAT or snap.get("versions") != versions():
             return None
         if not _unchanged(snap, str(root)):
             return None
@@ -89,10 +90,10 @@ class Recording:
             files.update([git, *dvc])
             snap = {
                 "format": FORMAT,
-                "versions": _versions(),
+                "versions": versions(),
                 "time": self.started,
                 "dirs": dirs,
-                "files": {self._rel(f): _stat(f) for f in sorted(files)},
+                "files": {self._rel(f): file_stat(f) for f in sorted(files)},
                 "lauf_vars": lauf_vars,
                 "stages": [dataclasses.asdict(s) for s in stages],
             }
@@ -102,11 +103,7 @@ class Recording:
             if any(t >= fresh for t in (*dir_times, *file_times)):
                 (lauf_dir / FILE).unlink(missing_ok=True)  # too fresh to be trusted later
                 return
-            text = json.dumps(snap)
-            lauf_dir.mkdir(parents=True, exist_ok=True)
-            tmp = lauf_dir / f"{FILE}.{os.getpid()}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, lauf_dir / FILE)
+            write_json(lauf_dir / FILE, snap)
         except (OSError, TypeError, ValueError) as exc:  # e.g. a meta value JSON cannot hold
             log.debug("pipeline not cached: %s", exc)
             with contextlib.suppress(OSError):
@@ -154,7 +151,7 @@ def _unchanged(snap: dict[str, Any], root: str) -> bool:
         except OSError:
             return False
     for rel, recorded in snap["files"].items():
-        now = _stat(os.path.join(root, rel))
+        now = file_stat(os.path.join(root, rel))
         if now != recorded or (now is not None and now[1] / 1e9 >= fresh):
             return False
     return True
@@ -174,7 +171,8 @@ def _deciding_names(directory: str) -> list[str]:
     return sorted(names)
 
 
-def _stat(path: str) -> list[int] | None:
+def file_stat(path: str | Path) -> list[int] | None:
+    """[size, mtime_ns, ctime_ns, inode] of ``path``; None if it does not exist."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -182,7 +180,8 @@ def _stat(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _versions() -> list[str]:
+def versions() -> list[str]:
+    """What a stored cache was made by (lauf-dvc, DVC, Python): another maker, no use."""
     import dvc
 
     import lauf_dvc

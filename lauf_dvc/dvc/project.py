@@ -165,6 +165,9 @@ def open_project(
         return project
     # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
+    # A full load: dvc.yaml may have changed in ways the stored verdicts do not key on
+    # (an output's `cache`, `persist`...), so they go; status stores fresh ones below.
+    verdictcache.forget(lauf_dir)
     with open_repo(root) as repo, pipecache.recording(repo) as rec, locked(repo):
         lauf_vars = read_lauf_vars(root, repo)
         stages = load_locked(repo, targets)

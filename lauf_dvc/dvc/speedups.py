@@ -64,6 +64,20 @@ class _CachingVoluptuous(types.ModuleType):
         return cached[1]
 
 
+_parsers = threading.local()
+
+
+def safe_yaml() -> Any:
+    """This thread's ``ruamel.yaml.YAML(typ="safe")``: the parser DVC's ``parse_yaml``
+    uses, made once (DVC makes one per file, a good part of parsing a small file)."""
+    parser = getattr(_parsers, "safe", None)
+    if parser is None:
+        from ruamel.yaml import YAML
+
+        parser = _parsers.safe = YAML(typ="safe")
+    return parser
+
+
 @contextlib.contextmanager
 def params_files_read_once() -> Iterator[None]:
     """While inside: DVC parses each params file once, not once per stage that uses it.

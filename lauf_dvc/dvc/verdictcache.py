@@ -8,8 +8,11 @@ and its dependencies, parameter files and outputs on disk; DVC itself trusts a f
 hash while its inode, size and mtime are unchanged (its state database). So after
 asking DVC, lauf stores each verdict (``.dvc/tmp/lauf/verdicts.json``) with a key made of:
 
-- the stage's definition as loaded (only used when the pipeline came from an unchanged
-  snapshot, :mod:`lauf_dvc.dvc.pipecache`, so ``dvc.yaml`` is unchanged too);
+- the stage's definition as loaded. Stored verdicts are only used when the pipeline
+  came from an unchanged snapshot (:mod:`lauf_dvc.dvc.pipecache`), and every full load
+  of the pipeline drops them, so they were computed with the ``dvc.yaml`` of the
+  snapshot in use (settings the definition does not show, such as an output's
+  ``cache`` or ``persist``, included);
 - the text of its entry in ``dvc.lock`` (DVC's shape only; otherwise nothing is kept);
 - size, mtime, ctime and inode of every dependency, parameter file and output, and of
   every file below those that are directories.
@@ -31,7 +34,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.pipecache import RACY, _versions
+from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc.pipecache import RACY, file_stat, versions
 
 if TYPE_CHECKING:
     from lauf_dvc.dvc.pipeline import StageInfo
@@ -86,7 +90,7 @@ def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
 
     try:
         stored = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
-        if stored.get("format") != FORMAT or stored.get("versions") != _versions():
+        if stored.get("format") != FORMAT or stored.get("versions") != versions():
             return {}
         out = {}
         for address, entry in stored["stages"].items():
@@ -99,6 +103,11 @@ def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
         return {}
 
 
+def forget(lauf_dir: Path) -> None:
+    """Drop every stored verdict (the pipeline is being loaded afresh)."""
+    (lauf_dir / FILE).unlink(missing_ok=True)
+
+
 def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> None:
     """Store ``verdicts`` (just computed by DVC) under the keys taken before asking DVC."""
     try:
@@ -109,11 +118,7 @@ def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> No
                 continue  # unknown, too fresh, or changed while DVC looked
             stages[address] = {"key": key, "changed": verdict.changed,
                                "reasons": list(verdict.reasons)}  # fmt: skip
-        data = {"format": FORMAT, "versions": _versions(), "stages": stages}
-        tmp = lauf_dir / f"{FILE}.{os.getpid()}.tmp"
-        lauf_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, lauf_dir / FILE)
+        write_json(lauf_dir / FILE, {"format": FORMAT, "versions": versions(), "stages": stages})
     except (OSError, TypeError, ValueError) as exc:
         log.debug("verdicts not cached: %s", exc)
 
@@ -165,21 +170,13 @@ def _definition(stage: StageInfo) -> list[Any]:
 def _stats(path: Path) -> list[Any] | None:
     """[size, mtime_ns, ctime_ns, inode] of a file; for a directory, a list of
     [relative path, size, mtime_ns, ctime_ns, inode] of every file below it; None if absent."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
     if not os.path.isdir(path):
-        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        return file_stat(path)
     out: list[Any] = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            try:
-                fst = os.stat(full)
-            except OSError:
-                continue
-            out.append([os.path.relpath(full, path), fst.st_size, fst.st_mtime_ns,
-                        fst.st_ctime_ns, fst.st_ino])  # fmt: skip
+            if (st := file_stat(full)) is not None:
+                out.append([os.path.relpath(full, path), *st])
     return out

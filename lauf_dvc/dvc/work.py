@@ -17,7 +17,7 @@ from lauf_dvc.dvc.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
 from lauf_dvc.faults import fault
 from lauf_dvc.scheduler.locks import LockSet
-from lauf_dvc.scheduler.worker import Worker, default_identifier
+from lauf_dvc.scheduler.worker import MAX_BACKOFF, Worker, default_identifier
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def run_worker(
     max_tasks: int | None = None,
     on_event: Callable[[str, str, Any], None] | None = None,
     max_idle: float | None = None,
-    max_backoff: float | None = None,
+    max_backoff: float = MAX_BACKOFF,
 ) -> WorkerReport:
     """Work until nothing this worker may run is left (or ``max_tasks`` were run).
 
@@ -73,8 +73,8 @@ def run_worker(
     locks = LockSet(project.lauf_dir / "locks", settings.heartbeat_timeout)
     tasks = {t.id: t for t in project.tasks()}
     worker: Worker[StageInfo] = Worker(
-        tasks, store, settings, identifier=ident, labels=labels, locks=locks, max_idle=max_idle,
-        **({} if max_backoff is None else {"max_backoff": max_backoff}),
+        tasks, store, settings, identifier=ident, labels=labels, locks=locks,
+        max_idle=max_idle, max_backoff=max_backoff,
     )  # fmt: skip
     report = WorkerReport(ident)
     worker.start()

@@ -41,20 +41,18 @@ def load_params_file(root: Path, path: str) -> Any:
 
 
 _FAILED = object()
-_YAML: Any = None
 
 
 def _parse_yaml(path: Path) -> Any:
     """``path`` parsed as DVC's ``parse_yaml`` does (``YAML(typ="safe").load(text) or {}``),
     with one parser object instead of a new one per file; ``_FAILED`` on any error."""
-    global _YAML
-    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml import YAMLError
 
-    if _YAML is None:
-        _YAML = YAML(typ="safe")
+    from lauf_dvc.dvc.speedups import safe_yaml
+
     try:
         text = path.read_text(encoding="utf-8")
-        return _YAML.load(text) or {}
+        return safe_yaml().load(text) or {}
     except (YAMLError, UnicodeDecodeError, ValueError):
         return _FAILED
 

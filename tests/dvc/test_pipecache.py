@@ -137,3 +137,18 @@ def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, 
             dvctools.reproduce(root)
             history.append("repro")
     assert from_store >= 5, history  # the store was really used (a future mtime is not)
+
+
+def test_a_full_load_drops_the_stored_verdicts(repo: Path) -> None:
+    """Verdicts are keyed on what lauf loads of a stage, not on every setting DVC reads
+    (an output's `cache`, `persist`): a full load (dvc.yaml changed) forgets them all."""
+    from lauf_dvc.dvc import verdictcache
+
+    open_project(start=repo, prefetch_verdicts=True)  # from the snapshot: stores verdicts
+    assert (repo / LAUF_DIR / verdictcache.FILE).exists()
+    text = (
+        (repo / "dvc.yaml").read_text().replace("outs: [b.txt]", "outs: [{b.txt: {persist: true}}]")
+    )
+    (repo / "dvc.yaml").write_text(text)
+    open_project(start=repo)  # e.g. `lauf-dvc repro --dry`: a full load, no verdicts asked
+    assert not (repo / LAUF_DIR / verdictcache.FILE).exists()

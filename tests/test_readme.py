@@ -6,8 +6,9 @@ after the other in one bash session (a ``cd`` carries over), from a temporary co
 this checkout's ``examples/`` with ``.venv`` linked in, as a reader who cloned the
 repository would run them. README.md's 60-second tour copies the example pipeline,
 makes it a git + DVC repository and runs lauf-dvc on it; docs/cli.md's and
-docs/plugins.md's commands then run in that same repository. (docs/slurm.md's commands
-need a batch system and are not run.)
+docs/plugins.md's commands then run in that same repository. (docs/slurm.md's preparation
+commands and job script run in tests/dvc/test_slurm_script.py, with bash in place of
+sbatch.)
 
 Each command must exit 0, and every line of the output shown under it that holds no
 digit (times, counts, pids and dates differ from run to run) must appear in what it

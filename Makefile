@@ -30,6 +30,7 @@ bench: venv
 	$(BIN)/python bench/fingerprint.py
 	$(BIN)/python bench/status.py --params per-stage
 	$(BIN)/python bench/status.py --params one-file
+	$(BIN)/python bench/idle.py
 
 lint: venv
 	$(BIN)/ruff check .

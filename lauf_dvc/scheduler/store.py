@@ -164,6 +164,14 @@ class Store(Database):
             )
             return res.rowcount == 1
 
+    def alive_workers(self, *, now: float | None = None) -> int:
+        """How many workers are alive (registered, heartbeat not expired)."""
+        now = at(self._now(now))
+        alive = select(func.count()).select_from(workers)
+        alive = alive.where(workers.c.state == "alive", workers.c.expires >= now)
+        with self.read() as conn:
+            return conn.execute(alive).scalar_one()
+
     def revive_worker(self, worker_id: str, *, timeout: float, now: float | None = None) -> None:
         """A worker presumed dead shows it is not: alive again (its old claims stay lost)."""
         now = at(self._now(now))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -30,6 +31,14 @@ Fingerprint = str | Callable[[], str] | None
 #: Idle polling backoff (seconds): start fast so a freed dependency is picked up at once.
 MIN_BACKOFF = 0.005
 MAX_BACKOFF = 0.2
+#: What the idle polls of all workers together may cost, in polls per second, where every
+#: poll is not cheap: with ``lock: flufl`` each takes the one lock file every worker shares
+#: (a few round trips to an NFS server), and a server takes hundreds of connections.
+#: An idle worker's longest pause grows with the number of live workers to keep to it:
+#: 36 workers on NFS pause up to 1.8 s (a stage that becomes ready waits that long at
+#: most; cluster stages take minutes), 16 or fewer on PostgreSQL are never slowed.
+#: None: no limit (SQLite in WAL mode on a local disk: a poll is a 0.1 ms read).
+IDLE_POLL_BUDGET: dict[str, float | None] = {"wal": None, "flufl": 20.0, "postgresql": 500.0}
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,7 @@ class Worker(Generic[T]):
         )
         self._join = any(t.max_workers > 1 for t in tasks.values())
         self._heartbeat: _Heartbeat | None = None
+        self._alive = 1  # live workers: counted at start, by every heartbeat, when idle
         self._claimed: Claimed | None = None
         self._fingerprint: str | None = None
 
@@ -140,6 +150,7 @@ class Worker(Generic[T]):
         self.reap()
         self.sync()
         invalidated = self.check_fingerprints() if self.settings.enable_fingerprints else []
+        self.count_alive()
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
         return invalidated
@@ -233,14 +244,31 @@ class Worker(Generic[T]):
                 idle_since = self.clock() if idle_since is None else idle_since
                 if self._idle_too_long(idle_since):
                     return None
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                time.sleep(backoff * random.uniform(0.75, 1.25))  # jitter: no lockstep polls
+                if backoff < self.max_backoff <= backoff * 2 and self._poll_budget():
+                    self.count_alive()  # idle for a while: are we more than we were?
+                backoff = min(backoff * 2, self.longest_pause())
                 continue
             backoff, idle_since = MIN_BACKOFF, None
             task = self._prepare(claimed)
             if task is not None:
                 return task
             claimed = None
+
+    def count_alive(self) -> None:
+        """Count the live workers (for :meth:`longest_pause`)."""
+        self._alive = self.store.alive_workers()
+
+    def longest_pause(self) -> float:
+        """The longest pause between two idle polls: ``max_backoff``, or longer when the
+        live workers' polls together would exceed the backend's :data:`IDLE_POLL_BUDGET`."""
+        budget = self._poll_budget()
+        if budget is None:
+            return self.max_backoff
+        return max(self.max_backoff, self._alive / budget)
+
+    def _poll_budget(self) -> float | None:
+        return IDLE_POLL_BUDGET[self.store.sqlite_lock or "postgresql"]
 
     def _idle_too_long(self, since: float) -> bool:
         idle = self.clock() - since
@@ -360,6 +388,7 @@ class _Heartbeat(threading.Thread):
                     w.store.revive_worker(w.identifier, timeout=w.settings.heartbeat_timeout)
                 w.locks.refresh_held()
                 w.reap()
+                w.count_alive()
             except LaufError as exc:  # a flaky database must not kill the worker
                 log.warning("heartbeat of %s failed: %s", w.identifier, exc)
 

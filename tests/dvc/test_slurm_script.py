@@ -134,8 +134,8 @@ def test_the_documented_array_job_survives_a_dead_node(backend, request, dvc_rep
     assert prep.returncode == 0, prep.stdout + prep.stderr
     assert "b2" in prep.stdout  # `lauf-dvc status` lists the stages
     assert not (root / ".dvc" / "tmp" / "lock").exists()
-    config = subprocess.run([sys.executable, "-m", "dvc", "config", "core.hardlink_lock"], cwd=root, env=env,
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    dvc_config = [sys.executable, "-m", "dvc", "config", "core.hardlink_lock"]
+    config = subprocess.run(dvc_config, cwd=root, env=env, capture_output=True, text=True)
     assert config.stdout.strip() == "true"
 
     # 2. sbatch --array=1-3; 3. the node running b2 dies; the task is requeued.

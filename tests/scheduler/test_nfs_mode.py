@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from lauf_dvc import ConfigError, Graphband, Store, StoreError, Task
+from lauf_dvc.config import SchedulerSettings
 from lauf_dvc.scheduler.engine import sqlite_lock_mode
+from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.netfs import filesystem_type, network_filesystem
 from lauf_dvc.scheduler.store import TaskSpec
+from lauf_dvc.scheduler.worker import IDLE_POLL_BUDGET, MAX_BACKOFF, Worker
 
 MOUNTS = r"""sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
 /dev/sda1 / ext4 rw,relatime 0 0
@@ -129,3 +132,36 @@ def test_graphband_lock_setting_comes_from_argument_or_environment(sqlite_url, m
     monkeypatch.setenv("LAUF_DVC_LOCK", "nfs")
     with pytest.raises(ConfigError, match="LAUF_DVC_LOCK"):
         Graphband([Task("a")], db=sqlite_url)
+
+
+# -- idle polling where a poll is costly -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "alive", "pause"),
+    [
+        ("wal", 100, MAX_BACKOFF),  # a local read: never slowed
+        ("flufl", 3, MAX_BACKOFF),  # few workers: as fast as on a local disk
+        ("flufl", 36, 36 / IDLE_POLL_BUDGET["flufl"]),  # 1.8 s: the lock file is shared
+        ("postgresql", 16, MAX_BACKOFF),
+        ("postgresql", 300, 300 / IDLE_POLL_BUDGET["postgresql"]),
+    ],
+)
+def test_idle_pause_grows_with_the_live_workers_where_a_poll_is_costly(
+    backend, alive, pause, tmp_path, request
+):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else (
+        f"sqlite:///{tmp_path / 'db.sqlite'}")  # fmt: skip
+    store = Store(url, lock="auto" if backend == "postgresql" else backend)
+    for i in range(alive):
+        store.register_worker(f"w{i}", host="h", pid=i, labels="", timeout=60)
+    store.register_worker("gone", host="h", pid=0, labels="", timeout=-1)  # expired: not counted
+    store.register_worker("left", host="h", pid=0, labels="", timeout=60)
+    store.worker_offline("left")
+    assert store.alive_workers() == alive
+    worker = Worker({}, store, SchedulerSettings(), identifier="w0", labels=frozenset(),
+                    locks=LockSet(tmp_path / "locks", 60))  # fmt: skip
+    assert worker.longest_pause() == MAX_BACKOFF  # before counting: one worker
+    worker.count_alive()
+    assert worker.longest_pause() == pytest.approx(max(MAX_BACKOFF, pause))
+    store.dispose()

@@ -13,12 +13,20 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cli_helpers import DB, isolated, lauf, make_repo, snapshot  # noqa: F401 (fixture)
+from cli_helpers import (  # noqa: F401 (fixture)
+    DB,
+    dvc_status,
+    isolated,
+    lauf,
+    make_repo,
+    snapshot,
+)
 
 from lauf_dvc.errors import ExitCode
 
@@ -227,6 +235,76 @@ def test_database_of_another_schema_version(repo: Path) -> None:
     )
     commands = (*RUN_AND_JOIN, ("status",), ("history", "train"), ("watch", "--once"))
     assert_refused(repo, commands, ExitCode.STORE, message)
+
+
+# -- DVC's own locks ------------------------------------------------------------------------
+
+STALE = ".dvc/tmp/lock .dvc/tmp/rwlock.lock"
+
+
+def test_lock_file_left_from_before_core_hardlink_lock(repo: Path) -> None:
+    """The repository was used with DVC's default lock, which leaves its files behind; then
+    switched to the hard-link lock (docs/slurm.md), which would wait for them forever."""
+    assert all((repo / p).stat().st_nlink == 1 for p in STALE.split())
+    dvc_config(repo, "core.hardlink_lock", "true")
+    (repo / "data" / "raw.txt").write_text("raw, changed: prepare and train must run\n")
+    message = (
+        f"{ERROR}{STALE}: left by DVC's default lock before core.hardlink_lock was switched "
+        "on; DVC's hard-link lock would wait for it forever. When no dvc or lauf-dvc command "
+        f"runs on this repository (on any machine), run `rm -f {STALE}` in {os.path.realpath(repo)}"
+    )
+    assert_refused(repo, RUN_AND_JOIN, ExitCode.LOCK, message)  # before: hung for good
+    subprocess.run(["rm", "-f", *STALE.split()], cwd=repo, check=True)  # what it says
+    res = lauf(repo, "repro", "-j", "2")
+    assert res.code == 0 and "2 stage(s): 2 ran" in res.out, res.out + res.err
+    assert dvc_status(repo) == {}
+    assert not any((repo / p).exists() for p in STALE.split())  # hard-link locks go away
+
+
+def test_a_held_hard_link_lock_is_not_stale(repo: Path) -> None:
+    from dvc.lock import make_lock
+
+    from lauf_dvc.dvc import repolock
+    from lauf_dvc.dvc.pipeline import make_repo as dvc_repo
+
+    dvc_config(repo, "core.hardlink_lock", "true")
+    subprocess.run(["rm", "-f", *STALE.split()], cwd=repo, check=True)
+    lock = make_lock(str(repo / ".dvc/tmp/lock"), tmp_dir=str(repo / ".dvc/tmp"),
+                     hardlink_lock=True)  # fmt: skip
+    lock.lock()  # as a running dvc command holds it
+    try:
+        repolock._checked.discard(os.path.realpath(repo))
+        dvc_repo(repo).close()  # checked: not refused (lauf-dvc would wait for the holder)
+    finally:
+        lock.unlock()
+
+
+def test_a_repository_on_a_network_filesystem_without_hardlink_lock_is_warned(
+    repo: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc.repo import Repo
+
+    from lauf_dvc.dvc import repolock
+
+    mounts = f"server:/export {os.path.realpath(repo)} nfs4 rw 0 0\n"
+    for hardlink, warned in (("false", True), ("true", False)):
+        monkeypatch.setattr(repolock, "_checked", set())
+        dvc_config(repo, "core.hardlink_lock", hardlink)
+        caplog.clear()
+        with Repo(str(repo)) as dvc:
+            repolock.check(dvc, mounts=mounts)
+            repolock.check(dvc, mounts=mounts)  # once per process
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        if warned:
+            assert len(warnings) == 1 and "network filesystem (nfs4)" in warnings[0], warnings
+            assert "dvc config core.hardlink_lock true" in warnings[0]
+        else:
+            assert warnings == []
+        subprocess.run(["rm", "-f", *STALE.split()], cwd=repo, check=True)
+
+
+def dvc_config(root: Path, key: str, value: str) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", "config", key, value], cwd=root, check=True)
 
 
 # -- plugins -------------------------------------------------------------------------------

@@ -188,17 +188,23 @@ def make_repo(root: str | Path) -> Repo:
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
-    from lauf_dvc.dvc import speedups
+    from lauf_dvc.dvc import repolock, speedups
 
     speedups.install()
     try:
-        return Repo(os.path.abspath(root), _wait_for_lock=True)
+        repo = Repo(os.path.abspath(root), _wait_for_lock=True)
     except NotDvcRepoError:
         raise PipelineError(
             f"{root} is not inside a DVC repository: run `dvc init` there first"
         ) from None
     except DvcException as exc:
         raise PipelineError(f"{root}: {reword(exc, os.fspath(root))}") from None
+    try:
+        repolock.check(repo)  # before anything waits for DVC's lock
+    except BaseException:
+        repo.close()
+        raise
+    return repo
 
 
 @contextmanager

@@ -230,12 +230,15 @@ def locked(repo: Repo) -> Iterator[None]:
     """
     from dvc.repo import lock_repo
 
+    from lauf_dvc.dvc import repolock
+
     if repo._lock_depth:  # re-entered
         with lock_repo(repo), contextlib.chdir(repo.root_dir):
             yield
         return
     asked = time.monotonic()
-    with _queued(repo), lock_repo(repo), contextlib.chdir(repo.root_dir):  # resets caches
+    # lock_repo resets DVC's caches; repolock.held breaks the lock of a holder that died
+    with _queued(repo), repolock.held(repo), contextlib.chdir(repo.root_dir):
         got = time.monotonic()
         try:
             yield

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from lauf_dvc.dvc import repolock
 from lauf_dvc.dvc.pipeline import StageInfo
 from lauf_dvc.dvc.project import Project, sync
 from lauf_dvc.dvc.runner import StageResult, StageRunner
@@ -78,6 +79,8 @@ def run_worker(
     )  # fmt: skip
     report = WorkerReport(ident)
     worker.start()
+    # a dvc.lock writer that died holding DVC's hard-link lock: others may break it
+    repolock.register_worker(ident, lambda w: store.worker_state(w) in ("dead", "offline"))
     try:
         if do_sync:  # any worker may start first: sync once at a time, idempotently
             with locks.get("sync"):
@@ -91,6 +94,7 @@ def run_worker(
         report.stopped = "interrupted"
         raise
     finally:
+        repolock.unregister_worker()
         worker.stop()
     return report
 

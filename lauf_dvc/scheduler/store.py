@@ -172,6 +172,13 @@ class Store(Database):
         with self.read() as conn:
             return conn.execute(alive).scalar_one()
 
+    def worker_state(self, worker_id: str) -> str | None:
+        """``alive``, ``offline`` (left), ``dead`` (reaped), or None (unknown)."""
+        with self.read() as conn:
+            return conn.execute(
+                select(workers.c.state).where(workers.c.id == worker_id)
+            ).scalar_one_or_none()
+
     def revive_worker(self, worker_id: str, *, timeout: float, now: float | None = None) -> None:
         """A worker presumed dead shows it is not: alive again (its old claims stay lost)."""
         now = at(self._now(now))

@@ -268,6 +268,33 @@ def test_a_worker_killed_at_any_point_loses_nothing(point, dvc_repo, dvctools, c
         assert TaskState.KILLED in states, states  # reaped, then retried
 
 
+@pytest.mark.timeout(300)
+def test_a_worker_killed_holding_dvcs_hard_link_lock_does_not_stop_the_others(
+    dvc_repo, dvctools, capsys, tmp_path
+):
+    """With core.hardlink_lock (docs/slurm.md) DVC's repository lock outlives its holder:
+    the others break it (repolock.held) instead of waiting for it forever."""
+    root = dvc_repo(small_pipeline(), name="hardlink")
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.hardlink_lock", "true"],
+                   cwd=root, check=True)  # fmt: skip
+    for n in range(3):
+        dvctools.write_files(root, {"params.yaml": params_yaml({"round": n})})
+        marks, once = tmp_path / f"marks-{n}", tmp_path / f"once-{n}"
+        marks.mkdir()
+        env = {**os.environ, **FAST, MARKS_ENV: str(marks), "LAUF_DVC_FAULT": "during-dump@b2",
+               "LAUF_DVC_FAULT_ONCE": str(once)}  # fmt: skip
+        since = time.time()
+        res = subprocess.run([sys.executable, "-m", "lauf_dvc", "repro", "-j", "3"], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        context = f"round {n}: {res.stdout}{res.stderr}"
+        assert res.returncode == 0 and "was killed by SIGKILL" in res.stderr, context
+        logs = "".join(p.read_text() for p in (root / ".dvc/tmp/lauf/workers").glob("*.log"))
+        assert "broke DVC's repository lock" in logs and "has exited" in logs, logs
+        assert_consistent(root, dvctools, capsys, marks, OUTS, since)
+        assert sorted(p.name for p in (root / ".dvc/tmp").iterdir()) == ["btime", "lauf",
+                                                                         "rwlock"]  # fmt: skip
+
+
 def test_fault_points_are_checked(monkeypatch) -> None:
     from lauf_dvc.errors import ConfigError
     from lauf_dvc.faults import armed, fault

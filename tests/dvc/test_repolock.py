@@ -50,16 +50,22 @@ def hold_as(repo, host: str, pid: int, worker: str | None) -> Path:
     return claim
 
 
-def take_lock(repo) -> threading.Event:
-    """Take DVC's lock in a thread, as a worker does; the event is set once it got it."""
-    got = threading.Event()
+class Taker(threading.Thread):
+    """Takes DVC's lock and lets go at once, as a worker does; ``got`` is set meanwhile."""
 
-    def run() -> None:
-        with locked(repo):
-            got.set()
+    def __init__(self, repo) -> None:
+        super().__init__(daemon=True)
+        self.repo, self.got = repo, threading.Event()
 
-    threading.Thread(target=run, daemon=True).start()
-    return got
+    def run(self) -> None:
+        with locked(self.repo):
+            self.got.set()
+
+
+def take_lock(repo) -> Taker:
+    taker = Taker(repo)
+    taker.start()
+    return taker
 
 
 def dead_and_alive_workers(repo) -> Store:
@@ -76,7 +82,9 @@ def test_a_lock_whose_holder_on_another_host_was_declared_dead_is_broken(repo, c
     repolock.register_worker("me", lambda w: store.worker_state(w) in ("dead", "offline"))
     claim = hold_as(repo, "node7", 4242, "node7:dead")
     with caplog.at_level(logging.WARNING, logger="lauf_dvc.dvc.repolock"):
-        assert take_lock(repo).wait(30), "still waiting for a dead worker's lock"
+        taker = take_lock(repo)
+        assert taker.got.wait(30), "still waiting for a dead worker's lock"
+        taker.join(30)
     assert not claim.exists()  # its claim file went with it
     assert "holder worker node7:dead (pid 4242 on node7) was declared dead" in caplog.text
     assert not (Path(repo.tmp_dir) / "lock").exists()  # released again after use
@@ -89,13 +97,14 @@ def test_a_lock_of_a_live_holder_is_waited_for_and_reported(repo, caplog, monkey
     monkeypatch.setattr(repolock, "REPORT_EVERY", 0.3)
     claim = hold_as(repo, "node8", 4242, "node8:alive")
     with caplog.at_level(logging.WARNING, logger="lauf_dvc.dvc.repolock"):
-        got = take_lock(repo)
-        assert not got.wait(1.5)  # a live holder keeps its lock
+        taker = take_lock(repo)
+        assert not taker.got.wait(1.5)  # a live holder keeps its lock
         assert "held by worker node8:alive (pid 4242 on node8)" in caplog.text
         assert "broke" not in caplog.text
         (Path(repo.tmp_dir) / "lock").unlink()  # the holder lets go: the waiter gets it
         claim.unlink()
-        assert got.wait(30)
+        assert taker.got.wait(30)
+        taker.join(30)
     store.dispose()
 
 
@@ -106,7 +115,9 @@ def test_a_lock_of_an_exited_process_on_this_host_is_broken(repo, caplog):
 
     hold_as(repo, socket.gethostname(), int(gone.stdout), None)
     with caplog.at_level(logging.WARNING, logger="lauf_dvc.dvc.repolock"):
-        assert take_lock(repo).wait(30)
+        taker = take_lock(repo)
+        assert taker.got.wait(30)
+        taker.join(30)
     assert "has exited" in caplog.text
 
 
@@ -119,10 +130,11 @@ def test_a_note_about_an_earlier_lock_breaks_nothing(repo, caplog):
     other = Path(repo.tmp_dir) / "fedcba9876543210fedcba9876543210.lock"
     other.write_text(str(other))
     os.link(other, Path(repo.tmp_dir) / "lock")  # a live dvc command holds it now
-    got = take_lock(repo)
-    assert not got.wait(1.0)
+    taker = take_lock(repo)
+    assert not taker.got.wait(1.0)
     assert (Path(repo.tmp_dir) / "lock").read_text() == str(other)
     (Path(repo.tmp_dir) / "lock").unlink()
     other.unlink()
-    assert got.wait(30)
+    assert taker.got.wait(30)
+    taker.join(30)
     store.dispose()

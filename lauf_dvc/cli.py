@@ -169,6 +169,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                         max_idle=max_idle, on_event=print_worker_event)  # fmt: skip
     if report.stopped:
         print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr)
+    elif report.left:
+        print(f"lauf-dvc: worker {report.identifier} leaving: {report.left}", file=sys.stderr)
     return ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK
 
 

@@ -30,6 +30,7 @@ class WorkerReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the worker stopped early, if it did
+    left: str | None = None  # why it left while stages remained: --max-tasks, --max-idle
 
 
 def completion_fingerprint(
@@ -87,6 +88,11 @@ def run_worker(
                 sync(project, store, worker=ident, force=force)
         _loop(project, worker, report, force=force, max_tasks=max_tasks,
               on_event=on_event)  # fmt: skip
+        if max_tasks is not None and len(report.ran + report.skipped + report.failed) >= max_tasks:
+            report.left = f"ran {max_tasks} stage(s) (--max-tasks)"
+        elif worker.stopped_idle:
+            report.left = (f"nothing to claim for {max_idle:g} s while the stages left wait "
+                           "for stages running elsewhere (--max-idle)")  # fmt: skip
     except FailurePolicyStop as exc:
         report.stopped = str(exc)
     except KeyboardInterrupt:

@@ -516,3 +516,35 @@ def test_workers_without_a_head_process_complete_the_pipeline(twins, dvctools, t
     assert_in_order(pipeline, ran)
     assert reference(ref, dvctools) == pipeline.stages
     assert_like_dvc_repro(root, ref, dvctools)
+
+
+def test_max_tasks_and_max_idle_end_a_worker_cleanly(dvc_repo, tmp_path):
+    """What SLURM array jobs use (docs/slurm.md): leave after N stages, or after waiting
+    SECONDS with nothing to claim; exit 0 either way, and the stages left stay pending."""
+    pipeline = fan_out(1)  # source -> leaf_0 -> gather: one stage at a time
+    root = dvc_repo(pipeline.files)
+    res = lauf(root, "worker", "--max-tasks", "1")
+    assert res.code == 0, res.err
+    assert set(res.ran) == {"source"}
+    assert re.search(r"worker \S+ leaving: ran 1 stage\(s\) \(--max-tasks\)", res.err), res.err
+    assert {n: r["state"] for n, r in status(root).items()} == {
+        "source": "completed", "leaf_0": "pending", "gather": "pending"}  # fmt: skip
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, MARKS_ENV: str(marks), SLEEP_ENV: "8"}
+    busy = subprocess.Popen([sys.executable, "-m", "lauf_dvc", "worker", "--max-tasks", "1"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(marks.iterdir()):  # busy runs leaf_0 (8 s); gather waits for it
+        assert time.monotonic() < deadline and busy.poll() is None, busy.communicate()
+        time.sleep(0.05)
+    idle = lauf(root, "worker", "--max-idle", "1")
+    assert idle.code == 0 and idle.ran == {}, idle.err  # left before leaf_0 was done
+    assert "leaving: nothing to claim for 1 s while the stages left wait" in idle.err, idle.err
+    _, err = busy.communicate(timeout=60)
+    assert busy.returncode == 0, err
+    assert status(root)["gather"]["state"] == "pending"
+    res = lauf(root, "worker")  # no limit: finishes the pipeline, no "leaving" line
+    assert res.code == 0 and set(res.ran) == {"gather"} and "leaving" not in res.err

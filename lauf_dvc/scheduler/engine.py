@@ -25,10 +25,12 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 #: How long to wait for a PostgreSQL server to answer a connection (s); a URL's own
 #: ``?connect_timeout=`` wins. Without it an unreachable host hangs for minutes.
 PG_CONNECT_TIMEOUT = 10
-#: Connections a worker keeps open: its main thread and its heartbeat thread. Overflow
-#: connections (another thread of the caller's) are closed when given back.
-PG_POOL_SIZE = 2
-PG_MAX_OVERFLOW = 2
+#: Connections a worker keeps open: one. Its main thread and its heartbeat thread hold
+#: it for a transaction at a time (milliseconds); when both need one at once, an overflow
+#: connection is opened and closed again when given back. One per worker, not two, lets
+#: the server's default ``max_connections`` (100) serve ~90 workers.
+PG_POOL_SIZE = 1
+PG_MAX_OVERFLOW = 3
 #: A pooled connection idle longer than this (s) is tested before use.
 PG_PING_AFTER_IDLE = 30.0
 

@@ -245,7 +245,7 @@ class Worker(Generic[T]):
                 if self._idle_too_long(idle_since):
                     return None
                 time.sleep(backoff * random.uniform(0.75, 1.25))  # jitter: no lockstep polls
-                if backoff < self.max_backoff <= backoff * 2 and self._poll_budget():
+                if backoff < self.max_backoff <= backoff * 2:
                     self.count_alive()  # idle for a while: are we more than we were?
                 backoff = min(backoff * 2, self.longest_pause())
                 continue
@@ -256,8 +256,9 @@ class Worker(Generic[T]):
             claimed = None
 
     def count_alive(self) -> None:
-        """Count the live workers (for :meth:`longest_pause`)."""
-        self._alive = self.store.alive_workers()
+        """Count the live workers (for :meth:`longest_pause`; only where polls are costly)."""
+        if self._poll_budget() is not None:
+            self._alive = self.store.alive_workers()
 
     def longest_pause(self) -> float:
         """The longest pause between two idle polls: ``max_backoff``, or longer when the

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dvc_logs_to_pytest() -> None:
+    """Importing ``dvc`` gives its loggers console handlers bound to the ``sys.stdout`` of
+    that moment: if that is the first test's ``capsys`` stream, every later DVC log line
+    in this process fails on a closed file. Import it once here and drop those handlers
+    (as ``lauf-dvc`` itself does); DVC's records still reach pytest's log capture."""
+    import dvc.logger  # noqa: F401
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

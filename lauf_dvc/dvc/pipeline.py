@@ -191,6 +191,7 @@ def make_repo(root: str | Path) -> Repo:
     from lauf_dvc.dvc import repolock, speedups
 
     speedups.install()
+    repolock.install()
     try:
         repo = Repo(os.path.abspath(root), _wait_for_lock=True)
     except NotDvcRepoError:

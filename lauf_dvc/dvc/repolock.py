@@ -12,11 +12,12 @@ without ``core.hardlink_lock`` gets a warning.
 
 A hard-link lock whose holder died (a worker killed while it wrote ``dvc.lock``) is
 never released either: ``dvc`` waits for it forever. lauf-dvc takes DVC's lock through
-:func:`held`, which leaves a note of who holds it (``.dvc/tmp/lauf/repo-lock.json``:
+:func:`held`, which leaves a note of who holds it (``.dvc/tmp/lauf/holders/lock.json``:
 the lock's claim, host, pid and lauf worker) and, while it waits, looks every second
 whether the holder the note names is dead (this host: its process is gone; another
 host: the lauf database declared its worker dead). Then the lock is broken and the wait
-goes on. Every minute of waiting is logged, with the holder when known.
+goes on. Every minute of waiting is logged, with the holder when known. DVC's guard of
+its path-lock file, ``rwlock.lock``, is noted and broken the same way (:func:`install`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 #: DVC's lock files in ``.dvc/tmp``: the repository lock and the path locks' lock.
 LOCK_FILES = ("lock", "rwlock.lock")
-NOTE = "repo-lock.json"  # in .dvc/tmp/lauf/: who holds DVC's repository lock
 WATCH_INTERVAL = 1.0  # seconds between looks at a held lock while waiting for it
 REPORT_EVERY = 60.0  # seconds of waiting between two log lines about it
 _checked: set[str] = set()
@@ -114,13 +114,14 @@ def held(repo: Repo) -> Iterator[None]:
     note of who holds it while held (hard-link lock only)."""
     from dvc.repo import lock_repo
 
+    lockfile = Path(repo.tmp_dir) / "lock"
     hardlink = bool(repo.config["core"].get("hardlink_lock", False))
-    watch = _Watch(repo, hardlink)
+    watch = _Watch(lockfile, hardlink)
     watch.start()
     try:
         with lock_repo(repo):
             watch.halt()
-            note = _leave_note(repo) if hardlink else None
+            note = leave_note(lockfile) if hardlink else None
             try:
                 yield
             finally:
@@ -130,27 +131,108 @@ def held(repo: Repo) -> Iterator[None]:
         watch.halt()
 
 
-def _leave_note(repo: Repo) -> Path | None:
-    path = Path(repo.tmp_dir) / "lauf" / NOTE
+def install() -> None:
+    """Guard DVC's path-lock file (``.dvc/tmp/rwlock``) the same way: with the hard-link
+    lock, DVC's ``rwlock.lock`` (held while DVC edits that file, twice per stage) is
+    noted while held, and one that a dead holder left is broken (DVC gives up after
+    3 s, which would fail the stage). Once per process."""
+    import dvc.rwlock
+
+    if getattr(dvc.rwlock.make_lock, "lauf_noted", False):
+        return
+    original = dvc.rwlock.make_lock
+
+    def make_lock(lockfile: str, tmp_dir: str | None = None, friendly: bool = False,
+                  hardlink_lock: bool = False, wait: bool = False) -> Any:  # fmt: skip
+        lock = original(lockfile, tmp_dir=tmp_dir, friendly=friendly,
+                        hardlink_lock=hardlink_lock, wait=wait)  # fmt: skip
+        return _NotedLock(lock, Path(lockfile)) if hardlink_lock else lock
+
+    make_lock.lauf_noted = True  # type: ignore[attr-defined]
+    dvc.rwlock.make_lock = make_lock
+
+
+class _NotedLock:
+    """A DVC hard-link lock used as a context manager, noted while held; if taking it
+    fails because its holder died, the lock is broken and taken again."""
+
+    def __init__(self, lock: Any, lockfile: Path) -> None:
+        self.lock, self.lockfile = lock, lockfile
+        self.note: Path | None = None
+
+    def __enter__(self) -> _NotedLock:
+        from dvc.lock import LockError
+
+        try:
+            self.lock.lock()
+        except LockError:
+            if not break_if_dead(self.lockfile):
+                raise
+            self.lock.lock()
+        self.note = leave_note(self.lockfile)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.note is not None:
+            self.note.unlink(missing_ok=True)
+        self.lock.unlock()
+
+
+def note_path(lockfile: Path) -> Path:
+    """Where lauf notes who holds ``lockfile`` (a lock file in ``.dvc/tmp``)."""
+    return lockfile.parent / "lauf" / "holders" / f"{lockfile.name}.json"
+
+
+def leave_note(lockfile: Path) -> Path | None:
+    """Note that this process holds ``lockfile`` (just taken); the note's path, or None
+    if it could not be written (only the recovery of a dead holder depends on it)."""
+    path = note_path(lockfile)
     try:
-        claim = (Path(repo.tmp_dir) / "lock").read_text()
-        write_json(path, {"claim": claim, "host": socket.gethostname(), "pid": os.getpid(),
-                          "started": _started(os.getpid()),
+        write_json(path, {"claim": lockfile.read_text(), "host": socket.gethostname(),
+                          "pid": os.getpid(), "started": _started(os.getpid()),
                           "worker": _worker[0] if _worker else None})  # fmt: skip
-    except OSError as exc:  # only the recovery of a dead holder depends on it
-        log.debug("no note of DVC's lock holder (%s)", exc)
+    except OSError as exc:
+        log.debug("no note of the holder of %s (%s)", lockfile, exc)
         return None
     return path
 
 
-class _Watch(threading.Thread):
-    """While this process waits for DVC's lock: break it if its holder died (hard-link
-    lock), and say every :data:`REPORT_EVERY` seconds that it still waits, for whom."""
+def current_note(lockfile: Path) -> dict[str, Any] | None:
+    """The note about ``lockfile`` as it is held now (the same claim), or None."""
+    try:
+        claim = lockfile.read_text()
+        note = json.loads(note_path(lockfile).read_text())
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) and note.get("claim") == claim else None
 
-    def __init__(self, repo: Repo, hardlink: bool) -> None:
+
+def break_if_dead(lockfile: Path) -> bool:
+    """Break ``lockfile`` if the note says who holds it and that holder is dead."""
+    note = current_note(lockfile)
+    why = None if note is None else _dead(note)
+    if why is None or current_note(lockfile) != note:  # alive, or it changed hands
+        return False
+    try:
+        lockfile.unlink()
+    except FileNotFoundError:
+        return False
+    assert note is not None
+    claim = Path(note["claim"])
+    if claim.is_absolute() and claim.parent == lockfile.parent:
+        claim.unlink(missing_ok=True)
+    note_path(lockfile).unlink(missing_ok=True)
+    log.warning("broke DVC's lock %s: its holder %s %s", lockfile, _describe(note), why)
+    return True
+
+
+class _Watch(threading.Thread):
+    """While this process waits for DVC's repository lock: break it if its holder died
+    (hard-link lock), and say every :data:`REPORT_EVERY` seconds that it still waits."""
+
+    def __init__(self, lockfile: Path, hardlink: bool) -> None:
         super().__init__(name="lauf-dvc-lock-watch", daemon=True)
-        self.lock = Path(repo.tmp_dir) / "lock"
-        self.note = Path(repo.tmp_dir) / "lauf" / NOTE
+        self.lockfile = lockfile
         self.hardlink = hardlink
         self._halt = threading.Event()
 
@@ -164,44 +246,19 @@ class _Watch(threading.Thread):
         report = since + REPORT_EVERY
         while not self._halt.wait(WATCH_INTERVAL):
             try:
-                note = self._note()
-                if self.hardlink and note is not None and self._break_if_dead(note):
+                if self.hardlink and break_if_dead(self.lockfile):
                     continue
                 if time.monotonic() >= report:
                     report += REPORT_EVERY
+                    note = current_note(self.lockfile)
                     log.warning(
                         "waited %.0f s for DVC's repository lock %s, held by %s; if no dvc "
                         "or lauf-dvc command runs on this repository, delete that file",
-                        time.monotonic() - since, self.lock,
+                        time.monotonic() - since, self.lockfile,
                         _describe(note) if note else "another dvc command",
                     )  # fmt: skip
             except Exception as exc:  # the waiting goes on in any case
-                log.debug("watching DVC's lock %s: %s", self.lock, exc)
-
-    def _note(self) -> dict[str, Any] | None:
-        """The note, if it is about the lock as it is now (the same claim)."""
-        try:
-            claim = self.lock.read_text()
-            note = json.loads(self.note.read_text())
-        except (OSError, ValueError):
-            return None
-        return note if isinstance(note, dict) and note.get("claim") == claim else None
-
-    def _break_if_dead(self, note: dict[str, Any]) -> bool:
-        why = _dead(note)
-        if why is None or self._note() != note:  # alive, or the lock changed hands
-            return False
-        try:
-            self.lock.unlink()
-        except FileNotFoundError:
-            return False
-        claim = Path(note["claim"])
-        if claim.is_absolute() and claim.parent == self.lock.parent:
-            claim.unlink(missing_ok=True)
-        self.note.unlink(missing_ok=True)
-        log.warning("broke DVC's repository lock %s: its holder %s %s",
-                    self.lock, _describe(note), why)  # fmt: skip
-        return True
+                log.debug("watching DVC's lock %s: %s", self.lockfile, exc)
 
 
 def _dead(note: dict[str, Any]) -> str | None:

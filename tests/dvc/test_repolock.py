@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -38,16 +39,23 @@ def repo(dvc_repo, monkeypatch):
     repo.close()
 
 
-def hold_as(repo, host: str, pid: int, worker: str | None) -> Path:
-    """DVC's lock held as flufl holds it, and the note lauf leaves; returns the claim."""
+def hold_as(repo, host: str, pid: int, worker: str | None, name: str = "lock") -> Path:
+    """DVC's lock file ``name`` held as flufl holds it, and the note lauf leaves; returns
+    the claim file."""
     tmp = Path(repo.tmp_dir)
     claim = tmp / "0123456789abcdef0123456789abcdef.lock"
     claim.write_text(str(claim))
-    os.link(claim, tmp / "lock")
+    os.link(claim, tmp / name)
     note = {"claim": str(claim), "host": host, "pid": pid, "started": 1.0, "worker": worker}
-    (tmp / "lauf").mkdir(exist_ok=True)
-    (tmp / "lauf" / repolock.NOTE).write_text(json.dumps(note))
+    repolock.note_path(tmp / name).parent.mkdir(parents=True, exist_ok=True)
+    repolock.note_path(tmp / name).write_text(json.dumps(note))
     return claim
+
+
+def exited_pid() -> int:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(gone.stdout)
 
 
 class Taker(threading.Thread):
@@ -109,11 +117,7 @@ def test_a_lock_of_a_live_holder_is_waited_for_and_reported(repo, caplog, monkey
 
 
 def test_a_lock_of_an_exited_process_on_this_host_is_broken(repo, caplog):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    import socket
-
-    hold_as(repo, socket.gethostname(), int(gone.stdout), None)
+    hold_as(repo, socket.gethostname(), exited_pid(), None)
     with caplog.at_level(logging.WARNING, logger="lauf_dvc.dvc.repolock"):
         taker = take_lock(repo)
         assert taker.got.wait(30)
@@ -137,4 +141,30 @@ def test_a_note_about_an_earlier_lock_breaks_nothing(repo, caplog):
     other.unlink()
     assert taker.got.wait(30)
     taker.join(30)
+    store.dispose()
+
+
+def test_dvcs_path_lock_guard_of_a_dead_holder_is_broken_and_of_a_live_one_kept(repo, caplog):
+    """``rwlock.lock`` guards DVC's path-lock file; DVC gives up on it after 3 s."""
+    from dvc.lock import LockError
+    from dvc.rwlock import rwlock
+
+    def path_locks() -> None:  # what a stage takes before its command runs
+        with rwlock(repo.tmp_dir, repo.fs, "lauf-dvc worker", [], [repo.root_dir + "/out"],
+                    True):  # fmt: skip
+            pass
+
+    hold_as(repo, socket.gethostname(), exited_pid(), None, name="rwlock.lock")
+    with caplog.at_level(logging.WARNING, logger="lauf_dvc.dvc.repolock"):
+        path_locks()
+    assert "broke DVC's lock" in caplog.text and "rwlock.lock" in caplog.text
+    assert not (Path(repo.tmp_dir) / "rwlock.lock").exists()  # taken and let go
+    assert not repolock.note_path(Path(repo.tmp_dir) / "rwlock.lock").exists()
+
+    store = dead_and_alive_workers(repo)
+    repolock.register_worker("me", lambda w: store.worker_state(w) in ("dead", "offline"))
+    hold_as(repo, "node8", 4242, "node8:alive", name="rwlock.lock")
+    with pytest.raises(LockError):  # a live holder: DVC's own answer, after 3 s
+        path_locks()
+    assert (Path(repo.tmp_dir) / "rwlock.lock").exists()
     store.dispose()

@@ -267,13 +267,17 @@ def _dead(note: dict[str, Any]) -> str | None:
 
     if note.get("host") == socket.gethostname():
         pid = note.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
         try:
             proc = psutil.Process(pid)
-            gone = proc.status() == psutil.STATUS_ZOMBIE
-        except (psutil.NoSuchProcess, ValueError, TypeError):
+            # a zombie, or the pid now belongs to a process started later
+            gone = proc.status() == psutil.STATUS_ZOMBIE or (
+                proc.create_time() != note.get("started"))  # fmt: skip
+        except psutil.NoSuchProcess:
             gone = True
-        else:
-            gone = gone or _started(pid) != note.get("started")  # the pid was reused
+        except psutil.Error:  # not ours to look at: it exists, so it may be the holder
+            return None
         return "has exited (it was killed)" if gone else None
     worker = note.get("worker")
     if worker and _worker is not None and _worker[1](worker):

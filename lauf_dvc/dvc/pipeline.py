@@ -256,7 +256,9 @@ def _queued(repo: Repo) -> Iterator[None]:
     most of a stage's time went to sleeping between polls. lauf workers first queue on
     an OS lock that wakes the next waiter the instant it is released, so at most one lauf
     process at a time polls DVC's lock (and usually gets it on the first try). Other
-    ``dvc`` commands still just take DVC's lock as always.
+    ``dvc`` commands still just take DVC's lock as always. The queue only saves time:
+    where the filesystem refuses ``flock`` (an NFS mount without a lock manager:
+    ``ENOLCK``), lauf goes straight to DVC's lock.
     """
     import fcntl
 
@@ -264,7 +266,10 @@ def _queued(repo: Repo) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("no queue for DVC's lock (%s): taking it directly", exc)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock

@@ -168,3 +168,18 @@ def test_dvcs_path_lock_guard_of_a_dead_holder_is_broken_and_of_a_live_one_kept(
         path_locks()
     assert (Path(repo.tmp_dir) / "rwlock.lock").exists()
     store.dispose()
+
+
+def test_a_filesystem_without_flock_only_loses_the_queue(repo, monkeypatch):
+    """lauf queues for DVC's lock on an flock; an NFS mount without a lock manager
+    refuses it (ENOLCK): DVC's lock is then taken directly."""
+    import errno
+    import fcntl
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with locked(repo):
+        assert (Path(repo.tmp_dir) / "lock").exists()  # DVC's lock, held
+    assert not (Path(repo.tmp_dir) / "lock").exists()

@@ -5,8 +5,9 @@ whose stat matches is not read again. A mismatch is never taken as proof of chan
 only as the reason to hash the file again (the content may well be the same).
 
 The cache is a small SQLite file every worker of the repository opens (WAL, short
-transactions). It is an optimisation only: a locked, unreadable or corrupt cache
-costs hashing time, never a wrong or failed fingerprint.
+transactions; a rollback journal on a network filesystem, where WAL's shared memory
+does not reach the other machines). It is an optimisation only: a locked, unreadable
+or corrupt cache costs hashing time, never a failed fingerprint.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from lauf_dvc.scheduler.netfs import network_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,17 @@ class StatCache:
     ones). ``racy_ns`` is the age below which a file is hashed but not cached.
     """
 
-    def __init__(self, path: str | Path, *, racy_ns: int = RACY_NS, timeout: float = 5.0):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        racy_ns: int = RACY_NS,
+        timeout: float = 5.0,
+        mounts: str | None = None,
+    ) -> None:
+        """``mounts``: a /proc/mounts text (tests), else the real one, read on first use."""
         self.path = Path(path)
+        self._mounts = mounts
         self.racy_ns = racy_ns
         self.stats = CacheStats()
         self._lock = threading.Lock()
@@ -148,7 +160,8 @@ class StatCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 con = sqlite3.connect(self.path, timeout=self._timeout, check_same_thread=False)
                 con.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
-                con.execute("PRAGMA journal_mode = WAL")
+                shared = network_filesystem(self.path, self._mounts) is not None
+                con.execute(f"PRAGMA journal_mode = {'DELETE' if shared else 'WAL'}")
                 con.execute("PRAGMA synchronous = NORMAL")
                 with con:
                     con.execute(_SCHEMA)

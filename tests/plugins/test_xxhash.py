@@ -182,6 +182,23 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path) -> None:
     assert (tmp_path / ".dvc/tmp/lauf/statcache.sqlite").is_file()
 
 
+@pytest.mark.parametrize(("fstype", "journal"), [("ext4", "wal"), ("nfs4", "delete")])
+def test_the_cache_on_a_network_filesystem_uses_a_rollback_journal(tmp_path, fstype, journal):
+    """WAL needs shared memory, which a network filesystem does not share between the
+    machines whose workers use one cache."""
+    import sqlite3
+
+    write(tmp_path, FILES)
+    path = tmp_path / "cache.sqlite"
+    mounts = f"server:/export {tmp_path} {fstype} rw 0 0\n"
+    first, _, _ = fingerprint(tmp_path, stat_cache=StatCache(path, mounts=mounts))
+    again, read, stats = fingerprint(tmp_path, stat_cache=StatCache(path, mounts=mounts))
+    assert again == first and read == 0 and stats.hits == 6  # it works as a cache
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == journal
+    con.close()
+
+
 def test_touching_a_file_changes_nothing(tmp_path: Path) -> None:
     write(tmp_path, FILES)
     first, _, _ = fingerprint(tmp_path)

@@ -33,7 +33,9 @@ def log_path(start: Path | None = None) -> Path:
 
 
 def write_event(event: str, **fields: Any) -> None:
-    """Append one line; one ``write`` with ``O_APPEND``, so concurrent lines never mix."""
+    """Append one line; one ``write`` with ``O_APPEND``, so the lines of concurrent
+    processes on one machine never mix (NFS has no atomic append between machines:
+    give each node its own file, docs/plugins.md)."""
     record = {"event": event, **fields, "pid": os.getpid(), "time": _now()}
     line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
     path = log_path()

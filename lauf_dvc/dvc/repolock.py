@@ -55,6 +55,11 @@ class StaleRepoLock(LockTimeout):
     """A lock file the hard-link lock would wait for forever (exit code 7)."""
 
 
+def uses_hardlink(repo: Repo) -> bool:
+    """Does ``repo`` lock with hard links (``core.hardlink_lock``)?"""
+    return bool(repo.config["core"].get("hardlink_lock", False))
+
+
 def check(repo: Repo, *, mounts: str | None = None) -> None:
     """Check DVC's locking of ``repo`` once per process (``mounts``: a /proc/mounts text,
     for tests). Raises :class:`StaleRepoLock`; logs the network filesystem warning."""
@@ -62,7 +67,7 @@ def check(repo: Repo, *, mounts: str | None = None) -> None:
     if root in _checked:
         return
     tmp = Path(repo.tmp_dir)
-    if repo.config["core"].get("hardlink_lock", False):
+    if uses_hardlink(repo):
         stale = [tmp / name for name in LOCK_FILES if _one_link(tmp / name)]
         if stale:
             shown = " ".join(os.path.relpath(p, root) for p in stale)
@@ -115,7 +120,7 @@ def held(repo: Repo) -> Iterator[None]:
     from dvc.repo import lock_repo
 
     lockfile = Path(repo.tmp_dir) / "lock"
-    hardlink = bool(repo.config["core"].get("hardlink_lock", False))
+    hardlink = uses_hardlink(repo)
     watch = _Watch(lockfile, hardlink)
     watch.start()
     try:

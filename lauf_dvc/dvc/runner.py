@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lauf_dvc.dvc import atomic, lockfile
+from lauf_dvc.dvc import atomic, lockfile, repolock
 from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.pipeline import (
     address_of,
@@ -453,7 +453,7 @@ class _PathLocks:
             skip = (RepoDependency, AbstractDependency)
             return [item.fs_path for item in items if not isinstance(item, skip)]
 
-        hardlink = repo.config["core"].get("hardlink_lock", False)
+        hardlink = repolock.uses_hardlink(repo)
         cmd = " ".join(sys.argv)  # what @rwlocked uses: the same owner re-enters
         self._cm: AbstractContextManager[None] = rwlock(
             repo.tmp_dir, repo.fs, cmd, paths(stage.deps), paths(stage.outs), hardlink

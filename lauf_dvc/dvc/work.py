@@ -88,9 +88,7 @@ def run_worker(
                 sync(project, store, worker=ident, force=force)
         _loop(project, worker, report, force=force, max_tasks=max_tasks,
               on_event=on_event)  # fmt: skip
-        if max_tasks is not None and len(report.ran + report.skipped + report.failed) >= max_tasks:
-            report.left = f"ran {max_tasks} stage(s) (--max-tasks)"
-        elif worker.stopped_idle:
+        if worker.stopped_idle:
             report.left = (f"nothing to claim for {max_idle:g} s while the stages left wait "
                            "for stages running elsewhere (--max-idle)")  # fmt: skip
     except FailurePolicyStop as exc:
@@ -153,6 +151,8 @@ def _loop(
             )
             hooks.stage_finished(finished, result.outcome, result.duration, result.returncode,
                                  worker.identifier)  # fmt: skip
+    if max_tasks is not None and done >= max_tasks:
+        report.left = f"ran {max_tasks} stage(s) (--max-tasks)"
 
 
 def _failure_reason(result: StageResult) -> str:

@@ -14,7 +14,9 @@ from lauf_dvc.errors import (
     PluginError,
     SchemaVersionError,
     StoreError,
+    WorkerCrashed,
 )
+from lauf_dvc.dvc.api import reproduce
 from lauf_dvc.fingerprint import Fingerprint, FingerprintContext, Fingerprinter
 from lauf_dvc.hookspecs import hookimpl
 from lauf_dvc.scheduler.graphband import Graphband
@@ -42,6 +44,8 @@ __all__ = [
     "StoreError",
     "Task",
     "TaskState",
+    "WorkerCrashed",
     "__version__",
     "hookimpl",
+    "reproduce",
 ]

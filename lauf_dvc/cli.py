@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc.dvc.plan import ON_ERROR, Selection
 from lauf_dvc.errors import ExitCode, LaufError, PipelineError
 
 if TYPE_CHECKING:
@@ -32,24 +33,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="scheduler database URL (default: SQLite in .dvc/tmp/lauf)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("repro", help="reproduce stages in parallel, like `dvc repro`")
-    r.add_argument("targets", nargs="*", help="stages or dvc.yaml files (default: all)")
+    r = sub.add_parser("repro", help="reproduce stages in parallel, like `dvc repro`",
+                       description="Reproduce stages in parallel workers. Every option of "
+                       "`dvc repro` has DVC's meaning and default.")  # fmt: skip
     r.add_argument("-j", "--jobs", type=int, help="local worker processes (default: 4)")
-    r.add_argument("-f", "--force", action="store_true", help="run even if up to date")
-    r.add_argument("-k", "--keep-going", action="store_true",
-                   help="on failure, keep running independent stages")  # fmt: skip
+    _repro_options(r)
+    r.add_argument("-i", "--interactive", action="store_true",
+                   help="refused: parallel workers cannot ask before each stage")  # fmt: skip
     r.add_argument("--dry", action="store_true", help="print what would run and why")
 
     w = sub.add_parser("worker", help="join as one worker (e.g. in a SLURM array job)")
-    w.add_argument("targets", nargs="*")
+    _repro_options(w)
     w.add_argument("--labels", default="", help="comma-separated labels (e.g. gpu)")
     w.add_argument("--identifier", help="unique worker name (default host:pid:random)")
     w.add_argument("--max-tasks", type=int, help="stop after running this many stages")
     w.add_argument("--max-idle", type=float, metavar="SECONDS",
                    help="leave after waiting this long with nothing to claim while the "
                         "stages left wait for others (env LAUF_DVC_MAX_IDLE)")  # fmt: skip
-    w.add_argument("-f", "--force", action="store_true", help=argparse.SUPPRESS)
-    w.add_argument("--no-sync", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--no-sync", action="store_true", help=argparse.SUPPRESS)  # join the run
+    w.add_argument("--since", type=float, help=argparse.SUPPRESS)  # the run's start
 
     s = sub.add_parser("status", help="every stage, its state and why")
     s.add_argument("targets", nargs="*")
@@ -74,6 +76,36 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="every plugin, where it comes from, its hooks")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _repro_options(p: argparse.ArgumentParser) -> None:
+    """``dvc repro``'s targets and options, with its names, meanings and defaults."""
+    p.add_argument("targets", nargs="*",
+                   help="stages, dvc.yaml or .dvc files, relative to the current directory "
+                        "(default: the dvc.yaml here, as dvc repro)")  # fmt: skip
+    flag = p.add_argument
+    flag("-f", "--force", action="store_true", help="reproduce even if nothing changed")
+    flag("-s", "--single-item", action="store_true",
+         help="only the targets, without their dependencies")  # fmt: skip
+    flag("-p", "--pipeline", action="store_true",
+         help="the whole pipeline each target belongs to")  # fmt: skip
+    flag("-P", "--all-pipelines", action="store_true", help="every pipeline of the repository")
+    flag("-R", "--recursive", action="store_true", help="every stage in the target directories")
+    flag("--downstream", action="store_true",
+         help="start from the targets: them and what depends on them")  # fmt: skip
+    flag("--force-downstream", action="store_true",
+         help="reproduce everything below a reproduced stage, changed or not")  # fmt: skip
+    flag("--pull", action="store_true", help="pull missing data and run-cache entries first")
+    flag("--allow-missing", action="store_true",
+         help="skip stages whose only change is missing data")  # fmt: skip
+    flag("-k", "--keep-going", action="store_const", default="fail", const="keep-going",
+         dest="on_error", help="on a failure, go on with what does not depend on it")  # fmt: skip
+    flag("--ignore-errors", action="store_const", default="fail", const="ignore",
+         dest="on_error", help="ignore failures: what depends on them runs too")  # fmt: skip
+    flag("--glob", action="store_true", help="targets may contain shell-style wildcards")
+    flag("--no-commit", action="store_true", help="do not put outputs into the cache")
+    flag("--no-run-cache", action="store_true",
+         help="run commands even if the run cache has their results")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,44 +161,76 @@ def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {"db": args.db, **extra}
 
 
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(
+        targets=tuple(args.targets), recursive=args.recursive, glob=args.glob,
+        single_item=args.single_item, pipeline=args.pipeline,
+        all_pipelines=args.all_pipelines, downstream=args.downstream, cwd=os.getcwd(),
+    )  # fmt: skip
+
+
+def _policy(args: argparse.Namespace) -> str | None:
+    """The failure policy ``-k``/``--ignore-errors`` ask for; None: the settings' (stop)."""
+    return None if args.on_error == "fail" else ON_ERROR[args.on_error]
+
+
+def _warn(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"lauf-dvc: warning: {line}", file=sys.stderr)
+
+
 def cmd_repro(args: argparse.Namespace) -> int:
-    from lauf_dvc.dvc.pipeline import check_inputs
+    from lauf_dvc.dvc.pipeline import missing_inputs
+    from lauf_dvc.dvc.plan import from_flags
     from lauf_dvc.dvc.project import open_project, sync
     from lauf_dvc.dvc.repro import repro
     from lauf_dvc.progress import ProgressView, print_dry_run, print_summary
 
-    policy = "continue" if args.keep_going else None
-    project = open_project(args.targets, _settings(args, jobs=args.jobs, failure_policy=policy),
-                           prefetch_verdicts=args.dry)  # fmt: skip
-    check_inputs(project.root, project.stages)
+    if args.interactive:
+        print("lauf-dvc: error: -i/--interactive is not supported: stages run in parallel "
+              "workers, which cannot ask before each one; use `dvc repro -i`",
+              file=sys.stderr)  # fmt: skip
+        return ExitCode.USAGE
+    policy = _policy(args)
+    project = open_project(cli=_settings(args, jobs=args.jobs, failure_policy=policy),
+                           prefetch_verdicts=args.dry, selection=_selection(args))  # fmt: skip
+    _warn(missing_inputs(project.root, project.stages))
     if args.dry:
-        print_dry_run(project, sync(project, project.store(), worker=None, force=args.force,
-                                    dry=True))  # fmt: skip
+        store = project.store() if project.has_database() else None  # a look creates nothing
+        print_dry_run(project, sync(project, store, worker=None, force=args.force, dry=True))
         return ExitCode.OK
     view = ProgressView(total=len(project.stages))
     try:
-        result = repro(project, args.targets, jobs=project.settings.jobs, force=args.force,
+        result = repro(project, jobs=project.settings.jobs, options=from_flags(args),
                        overrides={"failure_policy": policy}, on_progress=view.update)  # fmt: skip
     finally:
         view.close()
     print_summary(result)
+    if result.crashed:
+        return ExitCode.WORKER_CRASHED
     return ExitCode.OK if result.ok else ExitCode.STAGE_FAILED
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from lauf_dvc.config import parse_non_negative_float, resolve
-    from lauf_dvc.dvc.pipeline import check_inputs
+    from lauf_dvc.dvc.pipeline import missing_inputs
+    from lauf_dvc.dvc.plan import from_flags
     from lauf_dvc.dvc.project import open_project
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import print_worker_event
 
-    project = open_project(args.targets, _settings(args))
-    check_inputs(project.root, project.stages)
+    cli = _settings(args, failure_policy=_policy(args))
+    if args.no_sync:  # started by `repro`: join the run its database holds
+        project = open_project(cli=cli, from_store=True)
+    else:
+        project = open_project(cli=cli, selection=_selection(args))
+        _warn(missing_inputs(project.root, project.stages))
     labels = frozenset(v.strip() for v in args.labels.split(",") if v.strip())
     max_idle = resolve("max_idle", args.max_idle, parse_non_negative_float, None)
     report = run_worker(project, identifier=args.identifier, labels=labels,
-                        do_sync=not args.no_sync, force=args.force, max_tasks=args.max_tasks,
-                        max_idle=max_idle, on_event=print_worker_event)  # fmt: skip
+                        do_sync=not args.no_sync, options=from_flags(args),
+                        max_tasks=args.max_tasks, max_idle=max_idle,
+                        on_event=print_worker_event)  # fmt: skip
     if report.stopped:
         print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr)
     elif report.left:

@@ -15,7 +15,10 @@ from lauf_dvc.errors import ConfigError
 T = TypeVar("T")
 
 ENV_PREFIX = "LAUF_DVC_"
-FAILURE_POLICIES = ("continue", "stop")
+#: What a task that failed for good does to the rest: ``stop`` (claim nothing new, like
+#: ``dvc repro``), ``continue`` (run what does not depend on it: ``--keep-going``),
+#: ``ignore`` (it counts as done, its dependents run too: ``--ignore-errors``).
+FAILURE_POLICIES = ("continue", "stop", "ignore")
 #: How SQLite databases are locked: ``wal`` (local disk), ``flufl`` (rollback journal and
 #: an NFS-safe lock file around every transaction), ``auto`` (flufl on a network
 #: filesystem, else wal).

@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     STORE = 5  # database unreachable, read-only, or of another schema version
     PLUGIN = 6  # a plugin failed to load or raised
     LOCK = 7  # a lock could not be acquired in time
+    WORKER_CRASHED = 8  # a worker process died of an error (not a stage's): see its log
     INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
     OS_ERROR = 74  # the system refused: a file could not be read or written (EX_IOERR)
     INTERRUPTED = 130  # Ctrl-C
@@ -73,6 +74,13 @@ class IllegalTransition(LaufError):
 
 class LockTimeout(LaufError):
     exit_code = ExitCode.LOCK
+
+
+class WorkerCrashed(LaufError):
+    """A worker process died of an error of its own (not a stage's) and the run could not
+    finish; the message names its exception and its log."""
+
+    exit_code = ExitCode.WORKER_CRASHED
 
 
 class FailurePolicyStop(LaufError):

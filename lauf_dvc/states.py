@@ -9,6 +9,7 @@ States are stored as their lowercase string values; never rename one.
        │                  └─────> killed ──(retry / reset)──┤              │
        └────────────────────────────────────────────────────┘   (claimable again)
     pending | invalidated ──(a dependency failed for good)──> upstream_failed ──(reset)──> pending
+    failed ──(for good, failure_policy "ignore": its dependents run anyway)──> completed
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ TRANSITIONS: frozenset[tuple[TaskState | None, TaskState]] = frozenset(
         (S.UPSTREAM_FAILED, S.PENDING),  # the failed upstream was reset
         (S.PENDING, S.COMPLETED),  # adopted: found up to date without running (e.g. `dvc repro -s`)
         (S.INVALIDATED, S.COMPLETED),  # adopted: fingerprint back to the last completed one
+        (S.FAILED, S.COMPLETED),  # failed for good under failure_policy "ignore": counts as done
     }
 )
 

@@ -18,12 +18,12 @@ from lauf_dvc.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
-    from dvc.stage import PipelineStage
+    from dvc.stage import Stage
 
     from lauf_dvc.dvc.pipeline import StageInfo
     from lauf_dvc.fingerprint.context import FingerprintContext
 
-_INDEX = "dvc.stages"  # FingerprintContext.cache key: {address: PipelineStage}
+_INDEX = "dvc.stages"  # FingerprintContext.cache key: {address: Stage}
 
 
 class DvcFingerprinter:
@@ -55,18 +55,16 @@ class DvcFingerprinter:
         return Fingerprint(self.name, self.version, parts)
 
 
-def _stages(ctx: FingerprintContext, repo: Repo) -> dict[str, PipelineStage]:
-    """Every ``dvc.yaml`` stage by address, loaded once per context under DVC's repo lock
-    (``dvc.lock``, which holds the hash names, is rewritten in place)."""
+def _stages(ctx: FingerprintContext, repo: Repo) -> dict[str, Stage]:
+    """Every stage (``dvc.yaml`` stages and ``.dvc`` files) by address, loaded once per
+    context under DVC's repo lock (``dvc.lock``, which holds the hash names, is
+    rewritten in place)."""
     index = ctx.cache.get(_INDEX)
     if index is None:
-        from dvc.stage import PipelineStage
-
         from lauf_dvc.dvc.pipeline import address_of, dvc_errors, locked
 
         with locked(repo), dvc_errors(repo.root_dir):
-            stages = repo.index.stages
-            index = {address_of(repo, s): s for s in stages if isinstance(s, PipelineStage)}
+            index = {address_of(repo, s): s for s in repo.index.stages}
         ctx.cache[_INDEX] = index
     return index
 

@@ -1,8 +1,9 @@
-"""Make DVC's in-place rewrites of ``dvc.lock`` (and of its path-lock file) atomic.
+"""Make DVC's in-place rewrites of ``dvc.lock`` and ``.dvc`` files (and of its path-lock
+file) atomic.
 
 DVC rewrites ``dvc.lock`` in place (dvc/utils/serialize/_common.py ``_dump_data`` opens
 it with ``"w+"``): a worker killed mid-write leaves a torn file, and with it every other
-stage's entry is lost. ``.dvc/tmp/rwlock`` (DVC's path locks) is rewritten the same way,
+stage's entry is lost; a ``.dvc`` file (a data source, an import) likewise. ``.dvc/tmp/rwlock`` (DVC's path locks) is rewritten the same way,
 and a torn one makes every later stage fail ("JSON structure is corrupted").
 
 Both are written through the repository's filesystem object (``repo.fs.open``), so
@@ -50,7 +51,7 @@ class AtomicFiles:
 
     def open(self, path: Any, mode: str = "r", **kwargs: Any) -> IO[Any]:
         target = os.fspath(path)
-        if "w" in mode and (os.path.basename(target) == LOCKFILE or target == self.rwlock):
+        if "w" in mode and (_is_dvcfile(target) or target == self.rwlock):
             return _AtomicWriter(self, target, mode, kwargs)  # type: ignore[return-value]
         return type(self.fs).open(self.fs, path, mode, **kwargs)  # the class's own method
 
@@ -86,6 +87,11 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+def _is_dvcfile(path: str) -> bool:
+    """dvc.lock, or a ``.dvc`` file: a stage's record, which a crash must not tear."""
+    return os.path.basename(path) == LOCKFILE or path.endswith(".dvc")
+
+
 def install(repo: Repo) -> AtomicFiles:
     """Route ``repo``'s writes of dvc.lock files and of its rwlock file through temporary
     files that replace them only when complete. Returns the installed shim."""
@@ -101,7 +107,7 @@ class _AtomicWriter:
     def __init__(self, shim: AtomicFiles, target: str, mode: str, kwargs: dict[str, Any]) -> None:
         self._shim = shim
         self._target = os.path.realpath(target)  # a symlinked dvc.lock stays a symlink
-        self._is_lockfile = os.path.basename(target) == LOCKFILE
+        self._is_lockfile = _is_dvcfile(target)
         folder = Path(self._target).parent
         shim.tmp_dir.mkdir(parents=True, exist_ok=True)
         if os.stat(shim.tmp_dir).st_dev != os.stat(folder).st_dev:  # rename needs one fs

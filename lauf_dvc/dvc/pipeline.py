@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc.stage import PipelineStage, Stage
     from networkx import DiGraph
+
+    from lauf_dvc.dvc.plan import Selection
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +48,27 @@ class StageInfo:
     frozen: bool
     always_changed: bool
     meta: Mapping[str, Any] = field(default_factory=dict, hash=False)  # interpolated `meta`
+    kind: str = "pipeline"  # "pipeline" (dvc.yaml), "data" (`dvc add`), "import" (.dvc)
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.kind == "pipeline"
 
 
 # -- public API ---------------------------------------------------------------------------
 
 
 def load_pipeline(root: str | Path, targets: Sequence[str] = ()) -> list[StageInfo]:
-    """Every ``dvc.yaml`` stage of the repository at ``root``, upstream first.
+    """Every stage of the repository at ``root``, upstream first: ``dvc.yaml`` stages and
+    ``.dvc`` files (data sources and imports), as in DVC's own graph.
 
-    Without targets: every stage of every ``dvc.yaml`` (like ``dvc repro --all-pipelines``
-    minus ``.dvc`` files). With targets: those stages and everything upstream of them, as
-    ``dvc repro TARGET...`` would consider (a frozen stage does not pull in its upstream).
-    Targets are stage names, addresses (``sub/dvc.yaml:gen``), foreach/matrix group names
-    or paths to a ``dvc.yaml``, always relative to the repository root.
+    Without targets: every stage (like ``dvc repro --all-pipelines``). With targets:
+    those stages and everything upstream of them, as ``dvc repro TARGET...`` would
+    consider (a frozen stage does not pull in its upstream). Targets are stage names,
+    addresses (``sub/dvc.yaml:gen``), foreach/matrix group names, paths to a
+    ``dvc.yaml`` or a ``.dvc`` file, here always relative to the repository root (the
+    command line resolves a user's targets against the cwd, as DVC does: see
+    :func:`plan_locked`).
 
     The order is topological and deterministic: among ready stages, the root ``dvc.yaml``
     first, then other files by path, each in file order. ``upstream`` lists the direct
@@ -78,7 +88,32 @@ def load_locked(repo: Repo, targets: Sequence[str] = ()) -> list[StageInfo]:
     with dvc_errors(repo.root_dir):
         graph = repo.index.graph
         selected = select_stages(repo, graph, targets)
-        return [_info(repo, graph, stage) for stage in _ordered(repo, graph, selected)]
+        return infos(repo, graph, selected)
+
+
+def plan_locked(repo: Repo, selection: Selection) -> list[StageInfo]:
+    """The stages ``dvc repro`` with ``selection`` would consider (see
+    :func:`lauf_dvc.dvc.plan.steps`), upstream first. DVC's exceptions propagate."""
+    from lauf_dvc.dvc.plan import single_item_order, steps
+
+    planned = steps(repo, selection)
+    stages = infos(repo, repo.index.graph, set(planned))
+    if not selection.normalized().single_item:
+        return stages
+    # -s: no dependency is considered, and DVC runs the targets in the order given; of
+    # two related targets, the later one waits for the earlier (unrelated ones: parallel)
+    after = single_item_order(repo.index.graph, planned)
+    by_address = {i.address: i for i in stages}
+    return [  # in the order given, which the new dependencies follow
+        replace(by_address[address_of(repo, stage)],
+                upstream=tuple(sorted(address_of(repo, s) for s in after[stage])))
+        for stage in planned
+    ]  # fmt: skip
+
+
+def infos(repo: Repo, graph: DiGraph, selected: set[Stage]) -> list[StageInfo]:
+    """``selected`` as :class:`StageInfo`, in lauf's deterministic topological order."""
+    return [_info(repo, graph, stage) for stage in _ordered(repo, graph, selected)]
 
 
 def address_of(repo: Repo, stage: Stage) -> str:
@@ -126,9 +161,9 @@ def resolve_target(repo: Repo, target: str) -> list[Stage]:
 
 
 def select_stages(repo: Repo, graph: DiGraph, targets: Sequence[str]) -> set[Stage]:
-    """The ``dvc.yaml`` stages ``dvc repro TARGETS`` would consider (all of them if none)."""
+    """The stages ``dvc repro TARGETS`` would consider (all of them if none); targets
+    relative to the root."""
     from dvc.repo.reproduce import get_active_graph
-    from dvc.stage import PipelineStage
     from networkx import dfs_postorder_nodes
 
     if not targets:
@@ -144,36 +179,37 @@ def select_stages(repo: Repo, graph: DiGraph, targets: Sequence[str]) -> set[Sta
                         "pipeline DVC sees (is its dvc.yaml .dvcignored?)"
                     )
                 nodes.update(dfs_postorder_nodes(active, stage))
-    return {s for s in nodes if isinstance(s, PipelineStage)}
+    return nodes
 
 
-def check_inputs(root: str | Path, stages: Sequence[StageInfo]) -> None:
-    """Raise :class:`PipelineError` if a stage depends on a file that does not exist and
-    that no stage produces: that stage could only fail, so nothing is started.
+def missing_inputs(root: str | Path, stages: Sequence[StageInfo]) -> list[str]:
+    """One warning per stage that depends on a file that does not exist and that no
+    selected stage produces: as under ``dvc repro``, that stage fails when its turn
+    comes (and, with ``--keep-going``, the branches that do not need it still run);
+    the warning only says so before anything starts.
 
     Frozen stages are left out (their deps are not read), and so are deps outside the
-    repository or not local (URLs). ``stages`` must hold every producer of their deps,
-    as :func:`load_pipeline` returns them.
+    repository or not local (URLs, imports).
     """
     outs = [out for stage in stages for out in stage.outs]
-    missing = [
-        (stage, dep)
-        for stage in stages
-        if not stage.frozen
-        for dep in stage.deps
-        if "://" not in dep
-        and not dep.startswith("..")
-        and not os.path.lexists(os.path.join(root, dep))
-        and not any(_overlaps(dep, out) for out in outs)
+    missing: dict[str, list[str]] = {}
+    for stage in stages:
+        if stage.frozen or not stage.is_pipeline:
+            continue
+        for dep in stage.deps:
+            if (
+                "://" not in dep
+                and not dep.startswith("..")
+                and not os.path.lexists(os.path.join(root, dep))
+                and not any(_overlaps(dep, out) for out in outs)
+            ):
+                missing.setdefault(stage.address, []).append(dep)
+    return [
+        f"stage {address!r}: dependency {deps[0]!r} does not exist and no stage produces "
+        f"it{f' (and {len(deps) - 1} more)' if len(deps) > 1 else ''}: the stage will "
+        "fail; restore it (git checkout, dvc pull, --pull) or fix its deps"
+        for address, deps in missing.items()
     ]
-    if missing:
-        stage, dep = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise PipelineError(
-            f"stage {stage.address!r}: dependency {dep!r} does not exist and no stage "
-            f"produces it{more}: restore it (git checkout, dvc pull) or fix the stage's "
-            f"deps in {stage.dvcfile}"
-        )
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -345,7 +381,7 @@ def _ordered(repo: Repo, graph: DiGraph, selected: set[Stage]) -> list[PipelineS
     return list(lexicographical_topological_sort(sub, key=key))
 
 
-def _info(repo: Repo, graph: DiGraph, stage: PipelineStage) -> StageInfo:
+def _info(repo: Repo, graph: DiGraph, stage: Stage) -> StageInfo:
     from dvc.dependency import ParamsDependency
     from dvc.stage import PipelineStage
 
@@ -357,13 +393,16 @@ def _info(repo: Repo, graph: DiGraph, stage: PipelineStage) -> StageInfo:
             params += [f"{path}:{key}" for key in dep.params] if dep.params else [path]
         else:
             deps.append(_dep_path(repo, dep))
-    upstream = sorted(
-        {address_of(repo, up) for up in graph.successors(stage) if isinstance(up, PipelineStage)}
-    )
+    upstream = sorted({address_of(repo, up) for up in graph.successors(stage)})
+    address = address_of(repo, stage)
+    if isinstance(stage, PipelineStage):
+        kind = "pipeline"
+    else:
+        kind = "import" if stage.is_import else "data"
     return StageInfo(
-        address=address_of(repo, stage),
+        address=address,
         dvcfile=dvcfile_of(repo, stage),
-        name=stage.name,
+        name=stage.name if isinstance(stage, PipelineStage) else address,
         cmd=tuple(command_lines(stage)),
         wdir=_rel(repo, stage.wdir),
         deps=tuple(deps),
@@ -373,6 +412,7 @@ def _info(repo: Repo, graph: DiGraph, stage: PipelineStage) -> StageInfo:
         frozen=bool(stage.frozen),
         always_changed=bool(stage.always_changed),
         meta=dict(stage.meta or {}),
+        kind=kind,
     )
 
 

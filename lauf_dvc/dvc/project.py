@@ -7,12 +7,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
-from lauf_dvc.dvc.pipeline import StageInfo, reword
+from lauf_dvc.dvc.pipeline import StageInfo, dvc_errors, reword
+from lauf_dvc.dvc.plan import Selection
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
@@ -114,6 +115,24 @@ class Project:
         """The fingerprinter deciding whether ``address`` is stale (meta.lauf > project)."""
         return self.stage_settings[address].fingerprint or self.settings.fingerprint
 
+    def restricted_to_store(self) -> Project:
+        """This project with only the stages of the graph stored in its database (the
+        run a worker joins), and their dependencies as stored (``repro -s`` orders
+        them its own way); every stage if there is no database or no graph yet."""
+        if not self.has_database():
+            return self
+        store = self.store()
+        try:
+            active = {row.id: row.dependencies for row in store.task_rows()}
+        finally:
+            store.dispose()
+        if not active:
+            return self
+        kept = [replace(s, upstream=active[s.address]) for s in self.stages
+                if s.address in active]  # fmt: skip
+        return replace(self, stages=kept,
+                       stage_settings={s.address: self.stage_settings[s.address] for s in kept})
+
     def tasks(self) -> list[Task[StageInfo]]:
         selected = {s.address for s in self.stages}
         out = []
@@ -139,30 +158,44 @@ def open_project(
     start: str | Path | None = None,
     *,
     prefetch_verdicts: bool = False,
+    selection: Selection | None = None,
+    from_store: bool = False,
 ) -> Project:
     """Find the repository, read its settings and pipeline; every problem is one line.
+
+    Which stages: with ``selection``, those ``dvc repro`` with these options would
+    consider (targets relative to the cwd, as DVC reads them); with ``from_store``, the
+    graph the run in the database holds (a worker joining a run that ``repro`` planned);
+    else ``targets`` (relative to the root), or every stage.
 
     ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
     ``status``, ``repro --dry``; a sync that writes must read states first).
     """
     from lauf_dvc.dvc import pipecache, verdictcache
-    from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo
+    from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo, plan_locked
 
     root = find_root(start)
     lauf_dir = root / LAUF_DIR
-    cached = pipecache.load(root, lauf_dir) if not targets else None
-    if cached is not None:  # nothing the pipeline is built from changed since last time
-        project = _project(root, cli, *cached)
-        dvc_stages = _dvc_judged(project) if prefetch_verdicts else set()
-        if dvc_stages:  # DVC's verdicts: those still valid are kept, the others asked
-            keys = verdictcache.Keys(root, [s for s in project.stages if s.address in dvc_stages])
-            verdicts = verdictcache.load(lauf_dir, keys)
-            if ask := dvc_stages - set(verdicts):
-                with open_repo(root) as repo, locked(repo):
-                    verdicts.update(_verdicts_locked(repo, project.stages, ask))
-                verdictcache.save(lauf_dir, keys, verdicts)
-            project._prefetched = verdicts
-        return project
+    whole = not targets and (selection is None or selection.all_pipelines or from_store)
+    cached = pipecache.load(root, lauf_dir) if whole or selection is not None else None
+    if cached is not None:
+        lauf_vars, stages = cached
+        picked = stages if whole else select_cached(root, stages, selection)
+        if picked is not None:  # nothing the pipeline is built from changed since last time
+            project = _project(root, cli, lauf_vars, picked)
+            if from_store:
+                project = project.restricted_to_store()
+            dvc_stages = _dvc_judged(project) if prefetch_verdicts else set()
+            if dvc_stages:  # DVC's verdicts: those still valid are kept, the others asked
+                stage_list = [s for s in project.stages if s.address in dvc_stages]
+                keys = verdictcache.Keys(root, stage_list)
+                verdicts = verdictcache.load(lauf_dir, keys)
+                if ask := dvc_stages - set(verdicts):
+                    with open_repo(root) as repo, locked(repo):
+                        verdicts.update(_verdicts_locked(repo, project.stages, ask))
+                    verdictcache.save(lauf_dir, keys, verdicts)
+                project._prefetched = verdicts
+            return project
     # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
     # A full load: dvc.yaml may have changed in ways the stored verdicts do not key on
@@ -170,16 +203,51 @@ def open_project(
     verdictcache.forget(lauf_dir)
     with open_repo(root) as repo, pipecache.recording(repo) as rec, locked(repo):
         lauf_vars = read_lauf_vars(root, repo)
-        stages = load_locked(repo, targets)
+        every = load_locked(repo, () if selection is not None or from_store else targets)
+        if selection is not None or from_store or not targets:
+            rec.save(lauf_dir, lauf_vars, every)
+        stages = every
+        if selection is not None and not selection.all_pipelines:
+            with dvc_errors(repo.root_dir):
+                stages = plan_locked(repo, selection)
         project = _project(root, cli, lauf_vars, stages)
-        if not targets:
-            rec.save(lauf_dir, lauf_vars, stages)
+        if from_store:
+            project = project.restricted_to_store()
         if prefetch_verdicts:
             dvc_stages = _dvc_judged(project)
-            keys = verdictcache.Keys(root, [s for s in stages if s.address in dvc_stages])
-            project._prefetched = _verdicts_locked(repo, stages, dvc_stages)
+            keys = verdictcache.Keys(root, [s for s in project.stages if s.address in dvc_stages])
+            project._prefetched = _verdicts_locked(repo, project.stages, dvc_stages)
             verdictcache.save(lauf_dir, keys, project._prefetched)
     return project
+
+
+def select_cached(
+    root: Path, stages: Sequence[StageInfo], selection: Selection
+) -> list[StageInfo] | None:
+    """What :func:`~lauf_dvc.dvc.plan.steps` would select, from a stored pipeline, for
+    the one common case DVC's planning needs no repository for: no targets (the
+    ``dvc.yaml`` of the cwd) and no option. None: ask DVC (any other case, or a cwd
+    without stages, where DVC's own error is the answer)."""
+    sel = selection.normalized()
+    if sel.targets or sel.recursive or sel.glob or sel.single_item or sel.pipeline:
+        return None
+    if sel.downstream:
+        return None
+    cwd = Path(sel.cwd or os.getcwd())
+    dvcfile = Path(os.path.relpath(cwd / "dvc.yaml", root)).as_posix()
+    by_address = {s.address: s for s in stages}
+    todo = [s.address for s in stages if s.dvcfile == dvcfile]
+    if not todo:
+        return None
+    picked: set[str] = set()
+    while todo:  # everything upstream, through DVC's active graph (frozen: cut off)
+        address = todo.pop()
+        if address in picked:
+            continue
+        picked.add(address)
+        if not by_address[address].frozen:
+            todo += by_address[address].upstream
+    return [s for s in stages if s.address in picked]
 
 
 def _project(
@@ -295,7 +363,6 @@ def _verdicts_locked(
     repo: Any, stages: Sequence[StageInfo], only: set[str] | None
 ) -> dict[str, StageVerdict]:
     from dvc.exceptions import DvcException
-    from dvc.stage import PipelineStage
 
     from lauf_dvc.dvc.pipeline import address_of
     from lauf_dvc.dvc.speedups import params_files_read_once
@@ -304,9 +371,7 @@ def _verdicts_locked(
     try:
         # one pass over the index (each dvc.yaml parsed once), not one load per stage;
         # each params file parsed once, not once per stage naming it
-        by_address = {
-            address_of(repo, s): s for s in repo.index.stages if isinstance(s, PipelineStage)
-        }
+        by_address = {address_of(repo, s): s for s in repo.index.stages}
         with params_files_read_once():
             for info in stages:
                 if only is not None and info.address not in only:
@@ -318,8 +383,7 @@ def _verdicts_locked(
 
 
 def _verdict(address: str, stage: Any) -> StageVerdict:
-    if stage.frozen:
-        return StageVerdict(address, False, ("frozen",))
+    # a frozen stage too: DVC checks its outputs (a missing one is a change)
     status = _status_unlocked(stage).get(stage.addressing, [])
     reasons: tuple[str, ...] = ()
     if status and not _has_lock_entry(stage):

@@ -16,31 +16,45 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lauf_dvc.dvc.command import kill_commands_of
+from lauf_dvc.dvc.plan import StageOptions
 from lauf_dvc.dvc.project import Project, SyncReport, sync
+from lauf_dvc.dvc.runner import pull_run_cache
+from lauf_dvc.dvc.work import RESTORED
 from lauf_dvc.errors import ExitCode, LaufError
 from lauf_dvc.scheduler.store import Store, TaskRow
+from lauf_dvc.scheduler.txn import IGNORED
 from lauf_dvc.scheduler.worker import default_identifier
 from lauf_dvc.states import TaskState
 
 S = TaskState
 POLL = 0.2
 LOCAL_BACKOFF = 0.05  # local workers: the longest pause between polls while idle (s)
-# Fork local workers (cheap: they inherit the imports and the loaded pipeline) where fork
-# is safe; macOS's system libraries are not fork-safe, so there a worker is a new process.
-FORK = sys.platform.startswith("linux") and os.environ.get("LAUF_DVC_SPAWN") != "1"
+
+
+def fork_allowed() -> bool:
+    """Fork local workers (cheap: they inherit the imports and the loaded pipeline) where
+    fork is safe; macOS's system libraries are not fork-safe, so there (and with
+    ``LAUF_DVC_SPAWN=1``) a worker is a new process."""
+    return sys.platform.startswith("linux") and os.environ.get("LAUF_DVC_SPAWN") != "1"
 
 
 @dataclass
 class ReproResult:
+    """What one ``repro`` did. ``reproduced``: the stages ``Repo.reproduce`` would return
+    (ran, restored from the run cache, or verified), in the order they finished."""
+
     sync: SyncReport
     rows: list[TaskRow] = field(default_factory=list)
+    reproduced: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # failed, counted done (--ignore-errors)
     worker_errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
 
@@ -54,12 +68,18 @@ class ReproResult:
         the others) is reported in ``worker_errors`` but does not make the run fail."""
         return bool(self.rows) and all(r.state == S.COMPLETED for r in self.rows)
 
+    @property
+    def crashed(self) -> bool:
+        """A worker died (not a stage's failure) and the run did not finish for it."""
+        return bool(self.worker_errors) and not self.ok and not self.failed
 
-def worker_command(targets: Sequence[str], *, ident: str, force: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "lauf_dvc", "worker", "--no-sync", "--identifier", ident]
-    if force:
-        cmd.append("--force")
-    return [*cmd, *targets]
+
+def worker_command(ident: str, options: StageOptions) -> list[str]:
+    """A local ``lauf-dvc worker`` joining the run in the database. ``-P``: the
+    repository (its cwd) is not on its import path, so a user's ``copy.py`` or
+    ``logging.py`` cannot shadow the standard library."""
+    cmd = [sys.executable, "-P", "-m", "lauf_dvc", "worker", "--no-sync", "--identifier", ident]
+    return [*cmd, *options.argv()]
 
 
 def worker_env(project: Project, overrides: Mapping[str, Any]) -> dict[str, str]:
@@ -74,45 +94,70 @@ def worker_env(project: Project, overrides: Mapping[str, Any]) -> dict[str, str]
 
 def repro(
     project: Project,
-    targets: Sequence[str],
     *,
     jobs: int,
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
     on_progress: Callable[[list[TaskRow], float], None] | None = None,
+    options: StageOptions | None = None,
+    fork: bool | None = None,
 ) -> ReproResult:
-    """Run the selected stages with ``jobs`` local workers; returns what happened."""
+    """Run the selected stages with ``jobs`` local workers; returns what happened.
+
+    ``options``: how each stage is reproduced (``force`` is folded into them).
+    ``fork``: fork the workers from this process (fast: they inherit the loaded
+    pipeline) instead of starting new ones; only safe in a single-threaded process that
+    is ours (the command line), so the default is :func:`fork_allowed` and the Python
+    API passes False.
+    """
     store = project.store()
     started = time.time()
+    opts = replace(options or StageOptions(), since=started)
+    opts = replace(opts, force=opts.force or force)
     ident = f"{default_identifier()}:repro"
     # Register the graph, then let DVC say what is stale (failures of the last run retried).
     store.sync_graph([t.spec() for t in project.tasks()], worker=ident)
-    report = sync(project, store, worker=ident, force=force, reset_failures=True)
+    report = sync(project, store, worker=ident, force=opts.force, reset_failures=True)
     result = ReproResult(report)
-    todo = [r for r in store.task_rows() if r.state not in (S.COMPLETED,)]
+    rows = store.task_rows()
+    todo = [r for r in rows if r.state != S.COMPLETED]
     if todo:
-        result.worker_errors = _run_workers(project, targets, store, jobs=jobs, force=force,
+        if opts.pull and opts.run_cache:
+            pull_run_cache(project.root)
+        workers = max(1, min(jobs, len(todo)))  # more could never all have work
+        result.worker_errors = _run_workers(project, store, jobs=workers, options=opts,
                                             overrides=overrides or {}, on_progress=on_progress,
-                                            started=started)  # fmt: skip
+                                            started=started,
+                                            fork=fork_allowed() if fork is None else fork)  # fmt: skip
     result.rows = store.task_rows()
+    result.reproduced = store.reproduced_since(started)
     result.elapsed = time.time() - started
+    reproduced = set(result.reproduced)
     for row in result.rows:
-        if row.state == S.COMPLETED and row.updated >= started:
-            (result.skipped if row.reason else result.ran).append(row.id)
+        if row.state != S.COMPLETED or row.updated < started:
+            continue
+        if (row.reason or "").startswith(IGNORED):
+            result.ignored.append(row.id)
+        elif row.id not in reproduced:
+            result.skipped.append(row.id)
+        elif row.reason == RESTORED:
+            result.restored.append(row.id)
+        else:
+            result.ran.append(row.id)
     store.dispose()
     return result
 
 
 def _run_workers(
     project: Project,
-    targets: Sequence[str],
     store: Store,
     *,
     jobs: int,
-    force: bool,
+    options: StageOptions,
     overrides: Mapping[str, Any],
     on_progress: Callable[[list[TaskRow], float], None] | None,
     started: float,
+    fork: bool,
 ) -> list[str]:
     logs = project.lauf_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
@@ -121,9 +166,9 @@ def _run_workers(
     try:
         for i in range(jobs):
             log_path = logs / f"worker-{i}.log"
-            with _sigint_deferred():  # a Ctrl-C now must not orphan a forked worker
-                procs.append(_start(project, targets, index=i, force=force,
-                                    overrides=overrides, log_path=log_path))  # fmt: skip
+            with _sigint_deferred(fork):  # a Ctrl-C now must not orphan a forked worker
+                procs.append(_start(project, index=i, options=options, overrides=overrides,
+                                    log_path=log_path, fork=fork))  # fmt: skip
         # poll every process each time round: a dead worker must be reaped at once, as
         # while it is a zombie its pid still holds DVC's path locks (dvc/rwlock.py)
         while running := [p for p in procs if p.poll() is None]:
@@ -148,16 +193,21 @@ def _wait_any(procs: list[_Proc], timeout: float) -> None:
 
 
 def _death(p: _Proc) -> str:
+    """One line: how the worker ended, the last line it wrote (its exception), its log."""
     code = p.returncode or 0
-    tail = p.log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+    try:
+        lines = p.log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-    return f"worker {p.pid} {how}: {tail[0]}"
+    return f"worker {p.pid} {how}: {last} (log: {p.log_path})"
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
+def _sigint_deferred(fork: bool) -> Iterator[None]:
     """Hold SIGINT back (a forked child inherits the mask and lifts it itself)."""
-    if not FORK:
+    if not fork:
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -206,20 +256,20 @@ class _Proc:
 
 def _start(
     project: Project,
-    targets: Sequence[str],
     *,
     index: int,
-    force: bool,
+    options: StageOptions,
     overrides: Mapping[str, Any],
     log_path: Path,
+    fork: bool,
 ) -> _Proc:
     ident = f"{default_identifier()}:local-{index}"
-    if not FORK:
+    if not fork:
         with open(log_path, "wb") as fh:
             popen = subprocess.Popen(
-                worker_command(targets, ident=ident, force=force), cwd=project.root,
+                worker_command(ident, options), cwd=project.root,
                 env=worker_env(project, overrides), stdout=fh, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         return _Proc(popen.pid, ident, log_path, popen)
     sys.stdout.flush()
@@ -236,18 +286,18 @@ def _start(
         os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = _child(project, ident, force)
+        code = _child(project, ident, options)
     finally:
         os._exit(code)
 
 
-def _child(project: Project, ident: str, force: bool) -> int:
+def _child(project: Project, ident: str, options: StageOptions) -> int:
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import fresh_consoles, print_worker_event
 
     fresh_consoles()
     try:
-        report = run_worker(project, identifier=ident, do_sync=False, force=force,
+        report = run_worker(project, identifier=ident, do_sync=False, options=options,
                             on_event=print_worker_event, max_backoff=LOCAL_BACKOFF)  # fmt: skip
     except LaufError as exc:
         print(f"lauf-dvc: error: {exc}", file=sys.stderr, flush=True)

@@ -4,12 +4,22 @@
 ``run_stage``) does, for each stage, and so do we, in three phases:
 
 1. under DVC's repository lock: read ``dvc.yaml``/``dvc.lock`` afresh, ask DVC whether
-   the stage changed (not changed: skip), remove its outputs (``persist`` ones are only
-   unprotected), try the run cache, save the dependencies' hashes;
+   the stage changed (not changed: skip; only missing data and ``--pull``: pull it),
+   remove its outputs (``persist`` ones are only unprotected), try the run cache, save
+   the dependencies' hashes;
 2. without the repository lock: run each command line with the user's shell in the
    stage's ``wdir``, ``DVC_ROOT``/``DVC_STAGE`` set, output to a log file and a stream;
 3. under the repository lock again: save, commit to the cache, save to the run cache and
    dump the stage's ``dvc.lock`` entry (``update_pipeline=False``).
+
+A ``.dvc`` file (a ``dvc add`` data source, a ``dvc import``) runs no command: it is
+reproduced by DVC's own ``Stage.reproduce`` and dumped, all under the repository lock,
+exactly as ``dvc repro`` does it (:func:`_reproduce_whole`).
+
+Every option of ``dvc repro`` that changes how a stage is reproduced (``--force``,
+``--pull``, ``--allow-missing``, ``--no-commit``, ``--no-run-cache``) arrives as
+:class:`~lauf_dvc.dvc.plan.StageOptions` and takes the branch ``Stage.reproduce``,
+``Stage.run`` and ``run_stage`` take for it.
 
 Like ``dvc repro``, the stage holds DVC's read/write path locks (``.dvc/tmp/rwlock``) on
 its dependencies and outputs from phase 1 to phase 3, so a ``dvc`` command started by
@@ -52,26 +62,28 @@ from lauf_dvc.dvc.pipeline import (
     resolve_target,
     reword,
 )
+from lauf_dvc.dvc.plan import StageOptions, upstream_of
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.faults import after_call, fault
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
-    from dvc.stage import PipelineStage
+    from dvc.stage import PipelineStage, Stage
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ran", "skipped", "failed"]
+Outcome = Literal["ran", "restored", "skipped", "failed"]
 
 
 @dataclass(frozen=True)
 class StageResult:
     """What happened to one stage. A failing command is a result, never an exception.
 
-    ``ran``: the stage was reproduced and its ``dvc.lock`` entry written (for a frozen
-    stage: its outputs were verified and recorded, no command ran). ``skipped``: DVC
-    found it up to date, or restored its outputs from the run cache (``reason`` says
-    which; ``lock_entry_written`` tells the second case). ``failed``: ``returncode``
+    ``ran``: the stage was reproduced and its ``dvc.lock`` entry (or ``.dvc`` file)
+    written (for a frozen stage or a data source: its outputs were verified and
+    recorded, no command ran). ``restored``: reproduced from the run cache, entry
+    written, no command ran. ``skipped``: DVC found it up to date (or, with
+    ``--pull``, only its data missing, and pulled it). ``failed``: ``returncode``
     is the command's exit status, or ``None`` when DVC itself refused (a missing
     dependency or output, a path busy in another ``dvc`` process); ``log_tail`` ends
     with the reason.
@@ -87,6 +99,12 @@ class StageResult:
     reason: str = ""  # one line: why skipped / why failed
     lock_entry_written: bool = False  # this run wrote the stage's dvc.lock entry
 
+    @property
+    def reproduced(self) -> bool:
+        """What ``Repo.reproduce`` returns the stage for: it was run, restored or
+        verified, and its entry written (not: up to date, pulled, failed)."""
+        return self.outcome in ("ran", "restored")
+
 
 class _StageFailed(Exception):
     """Internal: DVC refused the stage (reported as a "failed" result)."""
@@ -100,19 +118,21 @@ def run_stage(
     log_dir: Path | None = None,
     stream: TextIO | None = None,
     run_cache: bool = True,
+    options: StageOptions | None = None,
 ) -> StageResult:
     """Reproduce the stage at ``address`` (relative to the repository root) like ``dvc repro``.
 
     ``force`` runs it even when DVC finds it up to date (``dvc repro -f``); ``run_cache=False``
-    never restores from the run cache (``--no-run-cache``). The log goes to
-    ``log_dir/<address>.log`` (see :func:`log_file`) and to ``stream``.
+    never restores from the run cache (``--no-run-cache``); ``options``, if given,
+    replaces both and says the rest (``--pull``, ``--allow-missing``, ``--no-commit``).
+    The log goes to ``log_dir/<address>.log`` (see :func:`log_file`) and to ``stream``.
 
     Raises:
         PipelineError: not a DVC repository, unknown stage, broken ``dvc.yaml``.
     """
     with StageRunner(root) as runner:
         return runner.run(address, force=force, log_dir=log_dir, stream=stream,
-                          run_cache=run_cache)  # fmt: skip
+                          run_cache=run_cache, options=options)  # fmt: skip
 
 
 class StageRunner:
@@ -150,13 +170,15 @@ class StageRunner:
         log_dir: Path | None = None,
         stream: TextIO | None = None,
         run_cache: bool = True,
+        options: StageOptions | None = None,
     ) -> StageResult:
         """See :func:`run_stage`."""
         repo = self.repo
         assert self._atomic is not None
-        job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream)
+        opts = options or StageOptions(force=force, run_cache=run_cache)
+        job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts)
         try:
-            prepared = _prepare(job, force=force, run_cache=run_cache)
+            prepared = _prepare(job)
             if isinstance(prepared, StageResult):
                 return prepared
             with prepared.paths_held():
@@ -170,11 +192,10 @@ class StageRunner:
             job.close()
 
 
-def collect_stage(repo: Repo, address: str) -> PipelineStage:
-    """The one ``dvc.yaml`` stage at ``address`` (relative to the root), freshly loaded."""
-    from dvc.stage import PipelineStage
-
-    found = [s for s in resolve_target(repo, address) if isinstance(s, PipelineStage)]
+def collect_stage(repo: Repo, address: str) -> Stage:
+    """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
+    stage or a ``.dvc`` file."""
+    found = resolve_target(repo, address)
     if len(found) != 1 or address_of(repo, found[0]) != address:
         names = ", ".join(address_of(repo, s) for s in found[:3])
         raise PipelineError(
@@ -203,6 +224,7 @@ class _Job:
     started: float
     log_dir: Path | None
     stream: TextIO | None
+    options: StageOptions = field(default_factory=StageOptions)
     _output: Output | None = None
 
     @property
@@ -251,19 +273,25 @@ class _Prepared:
                     self.paths.release()
 
 
-def _prepare(job: _Job, *, force: bool, run_cache: bool) -> StageResult | _Prepared:
+def _prepare(job: _Job) -> StageResult | _Prepared:
     """Phase 1, under the repository lock: collect the stage and take its path locks."""
     from dvc.exceptions import DvcException
+    from dvc.stage import PipelineStage
 
     repo = job.repo
     with locked(repo):
         with dvc_errors(repo.root_dir, f"stage {job.address!r}"):
             stage = collect_stage(repo, job.address)
+        if not isinstance(stage, PipelineStage):  # a .dvc file: DVC's own path, whole
+            try:
+                return _reproduce_whole(job, stage)
+            except (DvcException, OSError) as exc:
+                raise _StageFailed(reword(exc, repo.root_dir)) from None
         kill_leftovers(_records(repo), job.address)  # a dead worker's run must not go on
         paths = _PathLocks(repo, stage)
         try:
             paths.acquire()
-            verdict = _before_command(job, stage, force=force, run_cache=run_cache)
+            verdict = _before_command(job, stage)
         except (DvcException, OSError) as exc:  # dvc repro: "failed to reproduce" the stage
             paths.release()
             raise _StageFailed(reword(exc, repo.root_dir)) from None
@@ -276,32 +304,79 @@ def _prepare(job: _Job, *, force: bool, run_cache: bool) -> StageResult | _Prepa
         return _Prepared(stage, job, paths)
 
 
-def _before_command(
-    job: _Job, stage: PipelineStage, *, force: bool, run_cache: bool
-) -> StageResult | None:
-    """``Stage.reproduce`` and ``Stage.run`` up to the command; None: go and run it."""
-    from dvc.stage.cache import RunCacheNotFoundError
-    from dvc.stage.utils import check_missing_outputs
+def _upstream(job: _Job, stage: Stage) -> list[Stage] | None:
+    """``Stage.reproduce``'s ``upstream``: read only by ``--allow-missing`` and ``--pull``."""
+    if job.options.allow_missing or job.options.pull:
+        return upstream_of(job.repo, stage)
+    return None
 
-    repo = job.repo
-    if not force and not stage.changed():  # the early cutoff of Stage.reproduce
+
+def _unchanged(job: _Job, stage: Stage) -> StageResult | None:
+    """The start of ``Stage.reproduce``: up to date (skip), or only missing data that
+    ``--pull`` fetches (skip too); None: reproduce it."""
+    from dvc.exceptions import CheckoutError
+
+    opts = job.options
+    if opts.force:
+        return None
+    upstream = _upstream(job, stage)
+    if not stage.changed(opts.allow_missing, upstream):  # the early cutoff of Stage.reproduce
         log.info("stage %s didn't change, skipping", job.address)
         return job.result("skipped", stage, "up to date", written=False)
+    if opts.pull and not stage.changed(True, upstream):
+        try:
+            log.info("Pulling data for %s", job.address)
+            job.repo.pull(stage.addressing)
+            stage.checkout()
+            return job.result("skipped", stage, "pulled from the remote", written=False)
+        except CheckoutError:
+            log.info("Unable to pull data for %s", job.address)
+    return None
+
+
+def _reproduce_whole(job: _Job, stage: Stage) -> StageResult:
+    """A ``.dvc`` file, under the repository lock, as ``dvc repro`` reproduces it
+    (``Stage.reproduce``, then ``stage.dump(update_pipeline=False)``): a changed data
+    source is verified, hashed and committed, an import re-imported unless frozen."""
+    opts = job.options
+    with job.repo.scm_context(quiet=True):
+        done = stage.reproduce(
+            upstream=_upstream(job, stage), force=opts.force, allow_missing=opts.allow_missing,
+            pull=opts.pull, no_commit=opts.no_commit, run_cache=opts.run_cache,
+        )  # fmt: skip
+        if done is None:
+            return job.result("skipped", stage, "up to date", written=False)
+        _dump(job, stage, lambda: stage.dump(update_pipeline=False))
+    return job.result("ran", stage, "ran", written=True)
+
+
+def _before_command(job: _Job, stage: PipelineStage) -> StageResult | None:
+    """``Stage.reproduce`` and ``Stage.run`` up to the command; None: go and run it."""
+    from dvc.stage.cache import RunCacheNotFoundError
+    from dvc.stage.run import _pull_missing_deps
+    from dvc.stage.utils import check_missing_outputs
+
+    repo, opts = job.repo, job.options
+    skip = _unchanged(job, stage)
+    if skip is not None:
+        return skip
     if stage.frozen:  # Stage.run: no command; verify the outputs and record them
         log.warning("%s is frozen: its outputs are verified, not reproduced", job.address)
         check_missing_outputs(stage)
         _commit(job, stage)
         return job.result("ran", stage, "frozen: outputs verified", written=True)
     stage.remove_outs(ignore_remove=False, force=False)  # persist outputs: only unprotected
-    if force:  # dvc/stage/run.py run_stage: no run cache, no early dependency save
+    if opts.force:  # dvc/stage/run.py run_stage: no run cache, no early dependency save
         return None
+    if opts.pull:
+        _pull_missing_deps(stage)
     try:
-        repo.stage_cache.restore(stage, run_cache=run_cache)
+        repo.stage_cache.restore(stage, run_cache=opts.run_cache, pull=opts.pull)
     except RunCacheNotFoundError:
         stage.save_deps()
         return None
     _commit(job, stage)
-    return job.result("skipped", stage, "restored from run cache", written=True)
+    return job.result("restored", stage, "restored from run cache", written=True)
 
 
 def _execute(job: _Job, prepared: _Prepared) -> int:
@@ -359,16 +434,19 @@ def _save(job: _Job, stage: PipelineStage) -> None:
     the outputs into the cache. Only the stage's own outputs (path-locked) and the
     content-addressed cache are written, so this needs no repository lock: hashing a
     large output no longer holds up every other worker's bookkeeping."""
+    opts = job.options
     no_cache_outs = any(not o.use_cache for o in stage.outs if not (o.is_metric or o.is_plot))
-    stage.save(allow_missing=False, run_cache=not no_cache_outs)
+    stage.save(allow_missing=opts.allow_missing, run_cache=not opts.no_commit and not no_cache_outs)
+    if opts.no_commit:  # --no-commit: hashes recorded, nothing moved into the cache
+        return
     first = stage.outs[0] if stage.outs else None
     with after_call(first, "commit", "during-save", job.address):
         if job.repo.lock.is_locked:
-            stage.commit(allow_missing=False)
+            stage.commit(allow_missing=opts.allow_missing)
         else:  # Stage.commit's body: @rwlocked would only re-enter the path locks we
             from dvc.stage import Stage  # hold, after asserting the repository lock
 
-            Stage.commit.__wrapped__(stage, allow_missing=False)
+            Stage.commit.__wrapped__(stage, allow_missing=opts.allow_missing)
 
 
 def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
@@ -384,13 +462,18 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
     with job.repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
         if ignore:
             stage.ignore_outs()
-        job.atomic.stage, before = job.address, job.atomic.replaced
-        try:
-            if not lockfile.dump_entry(stage):
-                stage.dump(update_pipeline=False)
-        finally:
-            job.atomic.stage = None
-        job.atomic.check(before)
+        _dump(job, stage, lambda: lockfile.dump_entry(stage) or stage.dump(update_pipeline=False))
+
+
+def _dump(job: _Job, stage: Stage, write: Any) -> None:
+    """Write the stage's entry (``write()``), atomically, checking it went through
+    :mod:`lauf_dvc.dvc.atomic`."""
+    job.atomic.stage, before = job.address, job.atomic.replaced
+    try:
+        write()
+    finally:
+        job.atomic.stage = None
+    job.atomic.check(before)
 
 
 @contextmanager
@@ -416,10 +499,14 @@ def _records(repo: Repo) -> Path:
 
 
 def _lock_entry(stage: Any) -> dict[str, Any] | None:
-    """The stage's dvc.lock entry as DVC serialises it (None if it has none yet)."""
+    """The stage's dvc.lock entry as DVC serialises it, or a ``.dvc`` file's content
+    (None if it has none yet)."""
+    from dvc.stage import PipelineStage
     from dvc.stage.serialize import to_single_stage_lockfile
 
     try:
+        if not isinstance(stage, PipelineStage):
+            return _plain(stage.dumpd())
         return _plain(to_single_stage_lockfile(stage))
     except (AssertionError, AttributeError, TypeError):  # nothing recorded for some item
         return None
@@ -468,3 +555,16 @@ class _PathLocks:
         if self.held:
             self.held = False
             self._cm.__exit__(None, None, None)
+
+
+def pull_run_cache(root: str | Path) -> None:
+    """``dvc repro --pull``'s first step: fetch the run cache from the default remote
+    (a remote that has none, or no remote, is a warning, as in DVC)."""
+    from dvc.stage.cache import RunCacheNotSupported
+
+    with contextlib.closing(make_repo(root)) as repo, locked(repo):
+        log.debug("Pulling run cache")
+        try:
+            repo.stage_cache.pull(None)
+        except RunCacheNotSupported as exc:
+            log.warning("Failed to pull run cache: %s", exc)

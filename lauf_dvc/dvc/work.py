@@ -7,12 +7,14 @@ Used by ``lauf-dvc worker`` (a SLURM array job) and by the N local processes tha
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lauf_dvc.dvc import repolock
 from lauf_dvc.dvc.pipeline import StageInfo
+from lauf_dvc.dvc.plan import StageOptions
 from lauf_dvc.dvc.project import Project, sync
 from lauf_dvc.dvc.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
@@ -62,14 +64,20 @@ def run_worker(
     on_event: Callable[[str, str, Any], None] | None = None,
     max_idle: float | None = None,
     max_backoff: float = MAX_BACKOFF,
+    options: StageOptions | None = None,
 ) -> WorkerReport:
     """Work until nothing this worker may run is left (or ``max_tasks`` were run).
+
+    ``options``: how each stage is reproduced (``dvc repro``'s options); ``force`` is
+    theirs too, kept as a keyword of its own.
 
     ``max_backoff``: the longest pause (seconds) between two polls while everything left
     waits on stages running elsewhere (default: the scheduler's, sized for many workers
     on one database; local workers of ``repro`` poll faster).
     """
     ident = identifier or default_identifier()
+    opts = options or StageOptions()
+    opts = replace(opts, force=opts.force or force, since=opts.since or time.time())
     store = project.store()
     settings = project.settings.scheduler()
     locks = LockSet(project.lauf_dir / "locks", settings.heartbeat_timeout)
@@ -85,8 +93,8 @@ def run_worker(
     try:
         if do_sync:  # any worker may start first: sync once at a time, idempotently
             with locks.get("sync"):
-                sync(project, store, worker=ident, force=force)
-        _loop(project, worker, report, force=force, max_tasks=max_tasks,
+                sync(project, store, worker=ident, force=opts.force)
+        _loop(project, worker, report, options=opts, max_tasks=max_tasks,
               on_event=on_event)  # fmt: skip
         if worker.stopped_idle:
             report.left = (f"nothing to claim for {max_idle:g} s while the stages left wait "
@@ -108,7 +116,7 @@ def _loop(
     worker: Worker[StageInfo],
     report: WorkerReport,
     *,
-    force: bool,
+    options: StageOptions,
     max_tasks: int | None,
     on_event: Callable[[str, str, Any], None] | None,
 ) -> None:
@@ -120,7 +128,7 @@ def _loop(
             if on_event:
                 on_event("started", task.id, None)
             hooks.stage_started(task.data, worker.identifier)
-            result = _run(runner, project, task.id, force=force)
+            result = _run(runner, project, task.id, options=_forced(worker, task.id, options))
             fingerprint = None
             if result.outcome != "failed":
                 try:
@@ -139,20 +147,45 @@ def _loop(
                                      result.returncode, worker.identifier)  # fmt: skip
                 task = None if limit else worker.next_task(finished=False)
                 continue
-            (report.ran if result.outcome == "ran" else report.skipped).append(task.id)
+            (report.ran if result.reproduced else report.skipped).append(task.id)
             finished = task.data
             fault("after-dump", task.id)  # dvc.lock written, the database not yet told
             task = worker.next_task(
                 finished=True,
                 stop=lambda limit=limit: limit,
                 fingerprint=fingerprint,
-                ran=result.outcome == "ran",
-                reason=None if result.outcome == "ran" else f"early cutoff: {result.reason}",
+                ran=result.reproduced,
+                reason=completion_reason(result),
             )
             hooks.stage_finished(finished, result.outcome, result.duration, result.returncode,
                                  worker.identifier)  # fmt: skip
     if max_tasks is not None and done >= max_tasks:
         report.left = f"ran {max_tasks} stage(s) (--max-tasks)"
+
+
+#: How the reason of a stage found up to date (not run) begins; one reproduced from DVC's
+#: run cache has :data:`RESTORED` as its reason, one that ran has none.
+UP_TO_DATE = "early cutoff"
+RESTORED = "restored from run cache"
+
+
+def completion_reason(result: StageResult) -> str | None:
+    """The reason its completion is recorded with (the audit trail, the summary)."""
+    if result.outcome == "ran":
+        return None
+    if result.outcome == "restored":
+        return RESTORED
+    return f"{UP_TO_DATE}: {result.reason}"
+
+
+def _forced(worker: Worker[StageInfo], address: str, options: StageOptions) -> StageOptions:
+    """``--force-downstream``: a stage is forced once a stage it depends on was
+    reproduced in this run (``Repo.reproduce``'s ``force_state``)."""
+    if options.force or not options.force_downstream or options.since is None:
+        return options
+    if worker.store.upstream_ran_since(address, options.since):
+        return replace(options, force=True)
+    return options
 
 
 def _failure_reason(result: StageResult) -> str:
@@ -170,10 +203,12 @@ def _failure_info(result: StageResult) -> dict[str, Any]:
     )
 
 
-def _run(runner: StageRunner, project: Project, address: str, *, force: bool) -> StageResult:
+def _run(
+    runner: StageRunner, project: Project, address: str, *, options: StageOptions
+) -> StageResult:
     """Run one stage; an unexpected error fails that stage, not the whole worker."""
     try:
-        return runner.run(address, force=force, log_dir=project.log_dir)
+        return runner.run(address, options=options, log_dir=project.log_dir)
     except Exception as exc:
         log.exception("stage %s: lauf-dvc could not run it", address)
         message = exc if isinstance(exc, LaufError) else f"{type(exc).__name__}: {exc}"

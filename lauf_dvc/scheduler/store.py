@@ -337,8 +337,10 @@ class Store(Database):
         budget: int,
         info: dict[str, Any] | None = None,
         fingerprint: str | None = None,
+        ignore: bool = False,
     ) -> bool:
-        """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``."""
+        """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``.
+        ``ignore``: once out of retries it counts as done (see :func:`txn.leave`)."""
         with self.write() as conn:
             return txn.leave(
                 conn,
@@ -351,6 +353,7 @@ class Store(Database):
                 budget=budget,
                 info=info,
                 fingerprint=fingerprint,
+                ignore=ignore,
             )
 
     def completed_fingerprints(self) -> dict[str, str | None]:
@@ -558,6 +561,32 @@ class Store(Database):
             )
             for r in rows
         ]
+
+    def reproduced_since(self, since: float) -> list[str]:
+        """The tasks of the current graph that really ran (completed with ``ran``) at or
+        after ``since``, in the order they completed. One pass over the tasks."""
+        q = (
+            select(tasks.c.id)
+            .select_from(tasks.join(events, events.c.id == tasks.c.changed_at))
+            .where(tasks.c.active == 1, events.c.time >= since)
+            .order_by(events.c.id)
+        )
+        with self.read() as conn:
+            return list(conn.execute(q).scalars())
+
+    def upstream_ran_since(self, task_id: str, since: float) -> bool:
+        """Did a direct dependency of ``task_id`` really run at or after ``since``?"""
+        dep = tasks.alias("dep")
+        q = (
+            select(edges.c.dep)
+            .select_from(
+                edges.join(dep, dep.c.id == edges.c.dep).join(events, events.c.id == dep.c.changed_at)
+            )
+            .where(edges.c.task == task_id, events.c.time >= since)
+            .limit(1)
+        )
+        with self.read() as conn:
+            return conn.execute(q).first() is not None
 
     def history(self, task_id: str) -> list[Event]:
         q = select(events).where(events.c.task_id == task_id).order_by(events.c.id)

@@ -22,6 +22,8 @@ from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
 
 #: ``Connection.info`` key of the transitions a write transaction made (see Transition).
 TRANSITIONS_KEY = "lauf_transitions"
+#: How the reason of a failure completed under failure policy "ignore" begins.
+IGNORED = "failed, ignored"
 
 
 @dataclass(frozen=True)
@@ -355,11 +357,14 @@ def leave(
     budget: int,
     info: dict[str, Any] | None = None,
     fingerprint: str | None = None,
+    ignore: bool = False,
 ) -> bool:
     """``holder`` stops working on a task abnormally: ``state`` is failed or killed.
 
     Within ``budget`` retries (a task's own ``retries`` wins for failures) the task goes
-    back to pending; past it, everything downstream becomes upstream_failed.
+    back to pending; past it, everything downstream becomes upstream_failed, unless
+    ``ignore`` (failure policy "ignore"): then the failed task is completed, its failure
+    kept in the audit trail and in ``info``, and its dependents run.
     """
     if not _release(conn, task_id, holder):
         return False
@@ -389,6 +394,9 @@ def leave(
     if count < budget:
         retry = f"retry {count + 1} of {budget} after: {reason}"
         transition(conn, task_id, state, S.PENDING, now=now, worker=worker, reason=retry)
+    elif ignore and state == S.FAILED:
+        transition(conn, task_id, S.FAILED, S.COMPLETED, now=now, worker=worker,
+                   reason=f"{IGNORED}: {reason}", stamp=built(ran=False))  # fmt: skip
     else:
         cascade(
             conn,

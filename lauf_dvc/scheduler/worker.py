@@ -297,6 +297,7 @@ class Worker(Generic[T]):
             budget=self.settings.max_failed_retries,
             info=info,
             fingerprint=self._fingerprint,
+            ignore=self.settings.failure_policy == "ignore",
         )
 
     @property

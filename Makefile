@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench lint clean
+DVC_VENV := .venv-dvc
+DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: venv test test-dvc demo bench lint clean
 
 venv: $(STAMP)
 
@@ -20,6 +23,17 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# DVC's own repro tests (from the sdist of the DVC installed), plain and through lauf.
+test-dvc: $(DVC_STAMP)
+	$(DVC_VENV)/bin/python tests/dvc_suite/run.py
+
+$(DVC_STAMP): pyproject.toml
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DVC_VENV)/bin/python -m pip install --quiet -e . 'dvc[tests]'
+	rm -f $(DVC_VENV)/.installed-*
+	touch $@
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -36,4 +50,4 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DVC_VENV) .cache .pytest_cache .ruff_cache

@@ -12,10 +12,10 @@ git add -A && git commit -qm "example pipeline"
 echo "demo repository: $work"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
-step lauf-dvc repro -j 4
+step lauf-dvc repro -P -j 4
 step dvc status
 echo; echo "# change one parameter: only train, evaluate and the report are affected"
 sed -i 's/lr: 0.1/lr: 0.05/' params.yaml
 step lauf-dvc status
-step lauf-dvc repro -j 4
+step lauf-dvc repro -P -j 4
 step dvc status

@@ -3,6 +3,7 @@
 The public API is what this module re-exports; everything else may change.
 """
 
+from lauf_dvc.dvc.api import reproduce
 from lauf_dvc.errors import (
     ConfigError,
     ExitCode,
@@ -16,7 +17,6 @@ from lauf_dvc.errors import (
     StoreError,
     WorkerCrashed,
 )
-from lauf_dvc.dvc.api import reproduce
 from lauf_dvc.fingerprint import Fingerprint, FingerprintContext, Fingerprinter
 from lauf_dvc.hookspecs import hookimpl
 from lauf_dvc.scheduler.graphband import Graphband

@@ -242,7 +242,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.project import open_project, status_rows
     from lauf_dvc.progress import print_status
 
-    project = open_project(args.targets, _settings(args), prefetch_verdicts=True)
+    # no targets: every stage, as `dvc status`; targets (from the cwd): them and upstream
+    selection = Selection(tuple(args.targets), cwd=os.getcwd()) if args.targets else None
+    project = open_project(cli=_settings(args), prefetch_verdicts=True, selection=selection)
     rows = status_rows(project)
     if args.json:  # every key always there, in this order: scripts rely on it
         print(json.dumps([{key: row.get(key) for key in STATUS_KEYS} for row in rows], indent=2))

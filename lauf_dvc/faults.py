@@ -17,6 +17,10 @@ meets them (see :mod:`lauf_dvc.dvc.runner`):
 ``during-dump``     part of the new dvc.lock written (to a temporary file: see
                     :mod:`lauf_dvc.dvc.atomic`), not yet in place
 ``after-dump``      the dvc.lock entry in place, the task not yet completed in the database
+
+and, not at a stage, ``worker-crash``: a worker has registered and claimed nothing; it
+raises an exception there instead of dying (a bug, or a broken environment: what a
+worker that crashes looks like to ``repro``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ POINTS = (
     "during-save",
     "during-dump",
     "after-dump",
+    "worker-crash",
 )
 
 
@@ -51,6 +56,8 @@ def fault(point: str, address: str | None = None) -> None:
     item = _armed_item(point, address)
     if item is None or not _first_time(item):
         return
+    if point == "worker-crash":
+        raise RuntimeError(f"fault injection: {point} in pid {os.getpid()}")
     log.warning("fault injection: %s at stage %s: killing pid %d", point, address, os.getpid())
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -77,9 +77,11 @@ class ProgressView:
         """``"3/8 done, 1 failed, 4.2s, ~6.0s left"``: counts, elapsed time, estimate."""
         now = self.clock()
         done = sum(r.state == S.COMPLETED for r in rows)
-        failed = sum(r.state in FINAL - {S.COMPLETED} for r in rows)
-        todo = len(rows) - done - failed
-        text = f"{done}/{len(rows)} done, {failed} failed, {_fmt_time(now - started)}"
+        failed = sum(r.state in (S.FAILED, S.KILLED) for r in rows)
+        held = sum(r.state == S.UPSTREAM_FAILED for r in rows)
+        todo = len(rows) - done - failed - held
+        held_text = f", {held} not run" if held else ""
+        text = f"{done}/{len(rows)} done, {failed} failed{held_text}, {_fmt_time(now - started)}"
         eta = self.estimate(rows, todo, now)
         return f"{text}, ~{_fmt_time(eta)} left" if eta is not None else text
 
@@ -145,9 +147,12 @@ def failed_line(failed: list[TaskRow]) -> str:
 def print_summary(result: ReproResult) -> None:
     failed = result.failed
     upstream = [r.id for r in result.rows if r.state == S.UPSTREAM_FAILED]
+    restored = f", {len(result.restored)} restored from run cache" if result.restored else ""
+    ignored = f", {len(result.ignored)} failed (ignored)" if result.ignored else ""
+    cut = f" ({len(result.cut_off)} by early cutoff)" if result.cut_off else ""
     console.print(
-        f"{len(result.rows)} stage(s): {len(result.ran)} ran, {len(result.skipped)} up to date "
-        f"(early cutoff), {len(failed)} failed, {len(upstream)} not run "
+        f"{len(result.rows)} stage(s): {len(result.ran)} ran, {len(result.skipped)} up to date"
+        f"{cut}{restored}, {len(failed)} failed{ignored}, {len(upstream)} not run "
         f"in {_fmt_time(result.elapsed)}"
     )
     for r in failed:
@@ -159,6 +164,11 @@ def print_summary(result: ReproResult) -> None:
             console.print(f"    (full log: {r.info['log']})", markup=False)
     if upstream:
         console.print(f"not run because an upstream stage failed: {', '.join(upstream)}")
+    if result.crashed:  # nothing else went wrong: the crash is why the run did not finish
+        more = len(result.worker_errors) - 1
+        also = f" (and {more} more worker(s) crashed)" if more else ""
+        err_console.print(f"lauf-dvc: error: {result.worker_errors[0]}{also}", markup=False)
+        return
     for err in result.worker_errors:
         err_console.print(f"lauf-dvc: {err}", markup=False)
     if failed:

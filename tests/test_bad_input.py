@@ -115,12 +115,30 @@ def test_dependency_cycle(repo: Path) -> None:
 
 
 def test_missing_dependency_file(repo: Path) -> None:
+    """As under ``dvc repro`` (issue 12): a warning up front, then the stage that needs
+    the file fails when its turn comes (what does not need it still runs, with -k);
+    dvc.lock and the cache lose nothing."""
     (repo / "data" / "raw.txt").unlink()
-    message = (
-        f"{ERROR}stage 'prepare': dependency 'data/raw.txt' does not exist and no stage "
-        "produces it: restore it (git checkout, dvc pull) or fix the stage's deps in dvc.yaml"
+    warning = (
+        "lauf-dvc: warning: stage 'prepare': dependency 'data/raw.txt' does not exist and no "
+        "stage produces it: the stage will fail; restore it (git checkout, dvc pull, --pull) "
+        "or fix its deps"
     )
-    assert_refused(repo, (*RUN_AND_JOIN, ("repro", "--dry")), ExitCode.PIPELINE, message)
+    failed = (
+        "lauf-dvc: stage prepare failed: No such file or directory: data/raw.txt; see its log "
+        "above, fix it, then run `lauf-dvc repro` again"
+    )
+    lock, before = (repo / "dvc.lock").read_bytes(), snapshot(repo)["cache"]
+    for command in (("repro", "-j", "2"), ("worker",)):
+        res = lauf(repo, *command)
+        assert res.code == ExitCode.STAGE_FAILED, (command, res.err)
+        assert res.err_lines[0] == warning, res.err
+        if command[0] == "repro":
+            assert res.err_lines == [warning, failed], res.err
+        assert (repo / "dvc.lock").read_bytes() == lock
+        assert snapshot(repo)["cache"] == before
+    dry = lauf(repo, "repro", "--dry")
+    assert (dry.code, dry.err_lines) == (0, [warning]), dry.err
     status = lauf(repo, "status", "--json")  # status still answers: it is how one finds out
     assert status.code == 0, status.err
     assert "data/raw.txt deleted" in json.loads(status.out)[0]["reason"]

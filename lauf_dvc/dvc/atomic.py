@@ -3,10 +3,11 @@ file) atomic.
 
 DVC rewrites ``dvc.lock`` in place (dvc/utils/serialize/_common.py ``_dump_data`` opens
 it with ``"w+"``): a worker killed mid-write leaves a torn file, and with it every other
-stage's entry is lost; a ``.dvc`` file (a data source, an import) likewise. ``.dvc/tmp/rwlock`` (DVC's path locks) is rewritten the same way,
-and a torn one makes every later stage fail ("JSON structure is corrupted").
+stage's entry is lost; a ``.dvc`` file (a data source, an import) likewise.
+``.dvc/tmp/rwlock`` (DVC's path locks) is rewritten the same way, and a torn one makes
+every later stage fail ("JSON structure is corrupted").
 
-Both are written through the repository's filesystem object (``repo.fs.open``), so
+All are written through the repository's filesystem object (``repo.fs.open``), so
 :func:`install` shadows that one method on that one ``Repo``: a write to one of these
 files goes to a temporary file under ``.dvc/tmp/lauf/atomic/`` instead, which replaces
 the file (``os.replace``) when DVC closes it without an error. Whatever instant a

@@ -328,8 +328,24 @@ def reword(exc: BaseException, root: str) -> str:
     from dvc.exceptions import CyclicGraphError, OutputDuplicationError
     from dvc.exceptions import OverlappingOutputPathsError as Overlap
     from dvc.parsing import ResolveError
+    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
     from dvc.utils.strictyaml import YAMLSyntaxError, YAMLValidationError
 
+    target = getattr(exc, "lauf_target", "")  # set by plan.steps: the target at fault
+    if isinstance(exc, StageNotFound) and target is not None:
+        where = _rel_root(root, os.path.abspath(exc.file))
+        return f"unknown target {target!r}: no stage {exc.name!r} in {where}; {LIST_HINT}"
+    if isinstance(exc, StageFileDoesNotExistError):
+        if target is None:  # the default target: the dvc.yaml of the cwd
+            cwd = getattr(exc, "lauf_cwd", os.getcwd())
+            return (
+                f"there is no {PROJECT_FILE} in {cwd}: give targets, run it where a "
+                f"{PROJECT_FILE} is, or use -P for every pipeline"
+            )
+        return (
+            f"unknown target {target!r}: no such dvc.yaml or .dvc file (targets are "
+            f"relative to the current directory); {LIST_HINT}"
+        )
     if isinstance(exc, YAMLSyntaxError):
         return _yaml_syntax(exc, root)
     if isinstance(exc, YAMLValidationError):

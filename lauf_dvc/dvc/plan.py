@@ -121,8 +121,15 @@ def steps(repo: Repo, selection: Selection) -> list[Stage]:
     stages: list[Stage] = []
     if not sel.all_pipelines:
         with contextlib.chdir(sel.cwd or os.getcwd()):  # DVC resolves targets in the cwd
-            stages = collect_stages(repo, list(sel.targets) or [PROJECT_FILE],
-                                    recursive=sel.recursive, glob=sel.glob)  # fmt: skip
+            for target in sel.targets or [PROJECT_FILE]:
+                try:
+                    stages += collect_stages(repo, [target], recursive=sel.recursive,
+                                             glob=sel.glob)  # fmt: skip
+                except Exception as exc:  # still DVC's exception; the message may name it
+                    exc.lauf_target = target if sel.targets else None  # type: ignore[attr-defined]
+                    exc.lauf_cwd = os.getcwd()  # type: ignore[attr-defined]
+                    raise
+        stages = list(dict.fromkeys(stages))  # collect_stages's ldistinct, across targets
     if sel.single_item:
         return stages
     graph = get_active_graph(repo.index.graph)
@@ -156,5 +163,3 @@ def upstream_of(repo: Repo, stage: Stage) -> list[Stage]:
 
     graph = get_active_graph(repo.index.graph)
     return list(graph.successors(stage)) if stage in graph else []
-
-

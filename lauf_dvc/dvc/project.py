@@ -130,8 +130,11 @@ class Project:
             return self
         kept = [replace(s, upstream=active[s.address]) for s in self.stages
                 if s.address in active]  # fmt: skip
-        return replace(self, stages=kept,
-                       stage_settings={s.address: self.stage_settings[s.address] for s in kept})
+        return replace(
+            self,
+            stages=kept,
+            stage_settings={s.address: self.stage_settings[s.address] for s in kept},
+        )
 
     def tasks(self) -> list[Task[StageInfo]]:
         selected = {s.address for s in self.stages}

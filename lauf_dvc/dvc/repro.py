@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,7 +53,8 @@ class ReproResult:
     reproduced: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # up to date (before, or found now)
+    cut_off: list[str] = field(default_factory=list)  # of those, found up to date now
     ignored: list[str] = field(default_factory=list)  # failed, counted done (--ignore-errors)
     worker_errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
@@ -125,21 +126,24 @@ def repro(
         if opts.pull and opts.run_cache:
             pull_run_cache(project.root)
         workers = max(1, min(jobs, len(todo)))  # more could never all have work
-        result.worker_errors = _run_workers(project, store, jobs=workers, options=opts,
-                                            overrides=overrides or {}, on_progress=on_progress,
-                                            started=started,
-                                            fork=fork_allowed() if fork is None else fork)  # fmt: skip
+        result.worker_errors = _run_workers(
+            project, store, jobs=workers, options=opts, overrides=overrides or {},
+            on_progress=on_progress, started=started,
+            fork=fork_allowed() if fork is None else fork,
+        )  # fmt: skip
     result.rows = store.task_rows()
     result.reproduced = store.reproduced_since(started)
     result.elapsed = time.time() - started
     reproduced = set(result.reproduced)
     for row in result.rows:
-        if row.state != S.COMPLETED or row.updated < started:
+        if row.state != S.COMPLETED:
             continue
-        if (row.reason or "").startswith(IGNORED):
+        if (row.reason or "").startswith(IGNORED) and row.updated >= started:
             result.ignored.append(row.id)
-        elif row.id not in reproduced:
+        elif row.id not in reproduced:  # up to date: before, or found so now
             result.skipped.append(row.id)
+            if row.updated >= started:
+                result.cut_off.append(row.id)
         elif row.reason == RESTORED:
             result.restored.append(row.id)
         else:

@@ -91,6 +91,7 @@ def run_worker(
     # a dvc.lock writer that died holding DVC's hard-link lock: others may break it
     repolock.register_worker(ident, lambda w: store.worker_state(w) in ("dead", "offline"))
     try:
+        fault("worker-crash")
         if do_sync:  # any worker may start first: sync once at a time, idempotently
             with locks.get("sync"):
                 sync(project, store, worker=ident, force=opts.force)
@@ -191,6 +192,8 @@ def _forced(worker: Worker[StageInfo], address: str, options: StageOptions) -> S
 def _failure_reason(result: StageResult) -> str:
     if result.returncode is not None:
         return f"exit code {result.returncode}"
+    if result.reason:  # DVC refused it (or lauf could not run it): its words, once
+        return result.reason
     lines = result.log_tail.strip().splitlines()
     return lines[-1] if lines else "failed"
 
@@ -212,4 +215,5 @@ def _run(
     except Exception as exc:
         log.exception("stage %s: lauf-dvc could not run it", address)
         message = exc if isinstance(exc, LaufError) else f"{type(exc).__name__}: {exc}"
-        return StageResult(address, "failed", None, 0.0, None, f"lauf-dvc: {message}")
+        return StageResult(address, "failed", None, 0.0, None, f"lauf-dvc: {message}",
+                           reason=str(message))  # fmt: skip

@@ -580,7 +580,9 @@ class Store(Database):
         q = (
             select(edges.c.dep)
             .select_from(
-                edges.join(dep, dep.c.id == edges.c.dep).join(events, events.c.id == dep.c.changed_at)
+                edges.join(dep, dep.c.id == edges.c.dep).join(
+                    events, events.c.id == dep.c.changed_at
+                )
             )
             .where(edges.c.task == task_id, events.c.time >= since)
             .limit(1)

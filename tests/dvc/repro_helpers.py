@@ -22,7 +22,7 @@ from lauf_dvc.errors import ExitCode
 
 SLEEP = "0.1"  # seconds each generated stage's command takes
 LAUF_DB = Path(".dvc") / "tmp" / "lauf" / "lauf.sqlite"
-SUMMARY = re.compile(r"(\d+) stage\(s\): (\d+) ran, (\d+) up to date")
+SUMMARY = re.compile(r"(\d+) stage\(s\): (\d+) ran, \d+ up to date(?: \((\d+) by early cutoff\))?")
 
 
 @dataclass
@@ -37,15 +37,23 @@ class Result:
         """(stages, ran, up to date by early cutoff) from the summary line of `repro`."""
         found = SUMMARY.search(self.out)
         assert found, f"no summary line in:\n{self.out}"
-        return int(found[1]), int(found[2]), int(found[3])
+        return int(found[1]), int(found[2]), int(found[3] or 0)
 
 
-def lauf(root: Path, *args: str, cwd: Path | None = None, sleep: str = SLEEP) -> Result:
-    """Run ``lauf-dvc ARGS`` in ``cwd`` (default: the repository root) and wait for it."""
+#: ``lauf-dvc`` as installed (the console script a user types)
+CONSOLE_SCRIPT = str(Path(sys.executable).with_name("lauf-dvc"))
+
+
+def lauf(
+    root: Path, *args: str, cwd: Path | None = None, sleep: str = SLEEP, script: bool = False
+) -> Result:
+    """Run ``lauf-dvc ARGS`` in ``cwd`` (default: the repository root) and wait for it:
+    ``python -m lauf_dvc``, or with ``script`` the installed ``lauf-dvc`` command."""
     marks = Path(tempfile.mkdtemp(prefix="marks-", dir=root.parent))
     env = {**os.environ, MARKS_ENV: str(marks), SLEEP_ENV: sleep}
+    program = [CONSOLE_SCRIPT] if script else [sys.executable, "-m", "lauf_dvc"]
     proc = subprocess.run(
-        [sys.executable, "-m", "lauf_dvc", *args],
+        [*program, *args],
         cwd=cwd or root, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     return Result(proc.returncode, proc.stdout, proc.stderr, runs(marks))

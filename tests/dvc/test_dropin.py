@@ -318,3 +318,42 @@ def test_interactive_is_refused_in_one_line(twins) -> None:
     res = lauf(a, "repro", "-i")
     assert res.code == ExitCode.USAGE
     assert res.err.strip().count("\n") == 0 and "--interactive" in res.err
+
+
+# -- workers that cannot be fooled, crashes reported -------------------------------------
+
+SHADOW = (
+    "import sys\n"
+    "if 'lauf_dvc' in sys.modules or 'dvc' in sys.modules:\n"
+    "    raise ImportError(f'the repository {__file__} was imported')\n"
+)
+
+
+@pytest.mark.parametrize("spawn", ["0", "1"], ids=["fork", "spawn"])
+def test_modules_of_the_repository_never_shadow_the_standard_library(
+    dvc_repo, dvctools, monkeypatch, spawn
+) -> None:
+    files = {"mark.py": MARK, "data.txt": "d\n", "copy.py": SHADOW, "logging.py": SHADOW,
+             "dvc.yaml": dvc_yaml({"one": stage("out/one.txt", "data.txt"),
+                                   "two": stage("out/two.txt", "out/one.txt")})}  # fmt: skip
+    root = dvc_repo(files)
+    monkeypatch.setenv("LAUF_DVC_SPAWN", spawn)
+    res = lauf(root, "repro", "-j", "2", sleep="0", script=True)  # as a user types it
+    assert res.code == 0, res.out + res.err
+    assert set(res.ran) == {"one", "two"}
+    assert dvctools.dvc_status(root) == {}
+
+
+@pytest.mark.parametrize("spawn", ["0", "1"], ids=["fork", "spawn"])
+def test_a_crashed_worker_is_one_line_with_its_log(dvc_repo, monkeypatch, spawn) -> None:
+    root = dvc_repo({"mark.py": MARK, "dvc.yaml": dvc_yaml({"one": stage("out/one.txt", "=1")})})
+    monkeypatch.setenv("LAUF_DVC_SPAWN", spawn)
+    monkeypatch.setenv("LAUF_DVC_FAULT", "worker-crash")
+    res = lauf(root, "repro", "-j", "2")
+    assert res.code == ExitCode.WORKER_CRASHED, res.out + res.err
+    (line,) = res.err.strip().splitlines()
+    assert line.startswith("lauf-dvc: error: worker "), line
+    assert "RuntimeError: fault injection: worker-crash" in line
+    log = line.rsplit("(log: ", 1)[1].split(")", 1)[0]
+    assert Path(log).is_file() and "worker-crash" in Path(log).read_text()
+    assert not res.ran

@@ -193,7 +193,9 @@ def test_targets_are_relative_to_the_root_whatever_the_cwd(repo, tmp_path, monke
     assert load_pipeline(repo / "sub")[0].address == "prepare"  # a subfolder finds the root
 
 
-def test_dvc_added_data_is_a_dependency_not_a_stage(dvc_repo) -> None:
+def test_dvc_added_data_is_a_stage_upstream_of_its_users(dvc_repo) -> None:
+    """As in DVC's own graph (issue 12): a ``dvc add`` file is a node, committed before
+    the stages reading it run; it can be a target on its own."""
     repo = dvc_repo(
         {
             "data.csv": "x\n1\n",
@@ -203,9 +205,11 @@ def test_dvc_added_data_is_a_dependency_not_a_stage(dvc_repo) -> None:
         add=["data.csv"],
     )
     assert (repo / "data.csv.dvc").exists()
-    [stage] = load_pipeline(repo)
-    assert (stage.address, stage.deps, stage.upstream) == ("use", ("data.csv",), ())
-    assert load_pipeline(repo, ["data.csv.dvc"]) == []
+    data, use = load_pipeline(repo)
+    assert (data.address, data.kind, data.cmd, data.outs) == ("data.csv.dvc", "data", (),
+                                                             ("data.csv",))  # fmt: skip
+    assert (use.address, use.deps, use.upstream) == ("use", ("data.csv",), ("data.csv.dvc",))
+    assert load_pipeline(repo, ["data.csv.dvc"]) == [data]
 
 
 def test_no_dvc_yaml_is_an_empty_pipeline(dvc_repo) -> None:

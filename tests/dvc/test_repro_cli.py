@@ -74,13 +74,13 @@ def example_files() -> dict[str, str]:
 
 def test_example_project_ends_as_dvc_repro_leaves_it(twins, dvctools) -> None:
     root, ref = twins(example_files())
-    first = lauf(root, "repro", "-j", "4")
+    first = lauf(root, "repro", "-P", "-j", "4")
     assert first.code == 0, first.out + first.err
     assert first.summary == (8, 8, 0)
     assert len(dvctools.reproduce(ref)) == 8
     assert_like_dvc_repro(root, ref, dvctools)
 
-    again = lauf(root, "repro", "-j", "4")
+    again = lauf(root, "repro", "-P", "-j", "4")
     assert again.code == 0 and again.summary == (8, 0, 0), again.out
 
     # the demo: one parameter changes; only train and what depends on it are affected
@@ -96,7 +96,7 @@ def test_example_project_ends_as_dvc_repro_leaves_it(twins, dvctools) -> None:
     before = {p: (root / p).stat() for p in untouched}
     model = (root / "models/model.json").read_bytes()
 
-    third = lauf(root, "repro", "-j", "4")
+    third = lauf(root, "repro", "-P", "-j", "4")
     assert third.code == 0, third.out + third.err
     ref_ran = dvctools.reproduce(ref)
     _, ran, cut_off = third.summary
@@ -145,7 +145,8 @@ def test_a_change_reruns_that_stage_and_downstream_and_nothing_else(dvc_repo, dv
     assert rows["bottom"]["reason"].startswith("upstream left")
     assert rows["right"]["reason"] == "up to date"
     lock = (root / "dvc.lock").read_bytes()
-    dry = lauf(root, "repro", "--dry", "final", cwd=root / "data")  # targets: from the root
+    # targets are relative to the cwd, as for dvc repro
+    dry = lauf(root, "repro", "--dry", "../dvc.yaml:final", cwd=root / "data")
     assert dry.code == 0 and not dry.ran, dry.err
     assert all(f"{s}:" in dry.out for s in ("left", "bottom", "final")), dry.out
     assert "top:" not in dry.out and "right:" not in dry.out

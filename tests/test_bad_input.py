@@ -119,6 +119,9 @@ def test_missing_dependency_file(repo: Path) -> None:
     the file fails when its turn comes (what does not need it still runs, with -k);
     dvc.lock and the cache lose nothing."""
     (repo / "data" / "raw.txt").unlink()
+    status = lauf(repo, "status", "--json")  # status answers first: it is how one finds out
+    assert status.code == 0, status.err
+    assert "data/raw.txt deleted" in json.loads(status.out)[0]["reason"]
     warning = (
         "lauf-dvc: warning: stage 'prepare': dependency 'data/raw.txt' does not exist and no "
         "stage produces it: the stage will fail; restore it (git checkout, dvc pull, --pull) "
@@ -139,9 +142,6 @@ def test_missing_dependency_file(repo: Path) -> None:
         assert snapshot(repo)["cache"] == before
     dry = lauf(repo, "repro", "--dry")
     assert (dry.code, dry.err_lines) == (0, [warning]), dry.err
-    status = lauf(repo, "status", "--json")  # status still answers: it is how one finds out
-    assert status.code == 0, status.err
-    assert "data/raw.txt deleted" in json.loads(status.out)[0]["reason"]
 
 
 def test_output_declared_twice(repo: Path) -> None:

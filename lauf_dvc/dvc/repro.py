@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,7 +125,7 @@ def repro(
     if todo:
         if opts.pull and opts.run_cache:
             pull_run_cache(project.root)
-        workers = max(1, min(jobs, len(todo)))  # more could never all have work
+        workers = max(1, min(jobs, at_once(todo)))  # more could never all have work
         result.worker_errors = _run_workers(
             project, store, jobs=workers, options=opts, overrides=overrides or {},
             on_progress=on_progress, started=started,
@@ -150,6 +150,29 @@ def repro(
             result.ran.append(row.id)
     store.dispose()
     return result
+
+
+def at_once(todo: Sequence[TaskRow]) -> int:
+    """An upper bound of how many of ``todo`` could ever run at the same time: all of
+    them but one per task of their longest dependency chain after the first (tasks
+    running together share no chain). A chain: 1; 1 -> 32 -> 1: 32."""
+    ids = {r.id for r in todo}
+    deps = {r.id: [d for d in r.dependencies if d in ids] for r in todo}
+    depth: dict[str, int] = {}
+    for start in deps:
+        stack = [start]
+        while stack:  # iterative: a 10,000-stage chain must not hit the recursion limit
+            node = stack[-1]
+            if node in depth:
+                stack.pop()
+                continue
+            pending = [d for d in deps[node] if d not in depth]
+            if pending:
+                stack += pending
+                continue
+            depth[node] = 1 + max((depth[d] for d in deps[node]), default=0)
+            stack.pop()
+    return len(todo) - max(depth.values(), default=1) + 1
 
 
 def _run_workers(

@@ -346,8 +346,23 @@ def _reproduce_whole(job: _Job, stage: Stage) -> StageResult:
         )  # fmt: skip
         if done is None:
             return job.result("skipped", stage, "up to date", written=False)
-        _dump(job, stage, lambda: stage.dump(update_pipeline=False))
+        _dump(job, stage, lambda: _dump_dvc_file(job.repo, stage))
     return job.result("ran", stage, "ran", written=True)
+
+
+def _dump_dvc_file(repo: Repo, stage: Stage) -> None:
+    """``stage.dump()`` of a ``.dvc`` file, written through ``repo.fs`` (so atomically:
+    :mod:`lauf_dvc.dvc.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
+    without a filesystem, i.e. with ``open``; it is given ``repo.fs`` for this call
+    (dvc/dvcfile.py, since DVC 2.0; without it the file would be written in place)."""
+    import dvc.dvcfile
+
+    plain = dvc.dvcfile.dump_yaml
+    dvc.dvcfile.dump_yaml = lambda path, data, **kw: plain(path, data, fs=repo.fs, **kw)
+    try:
+        stage.dump(update_pipeline=False)
+    finally:
+        dvc.dvcfile.dump_yaml = plain
 
 
 def _before_command(job: _Job, stage: PipelineStage) -> StageResult | None:

@@ -25,7 +25,7 @@ CHAIN = {
     "data.txt": "data\n",
     "dvc.yaml": dvc_yaml(
         {"one": stage("out/one.txt", "data.txt"), "two": stage("out/two.txt", "out/one.txt")}
-    ),  # fmt: skip
+    ),
 }
 
 

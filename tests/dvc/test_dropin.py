@@ -357,3 +357,32 @@ def test_a_crashed_worker_is_one_line_with_its_log(dvc_repo, monkeypatch, spawn)
     log = line.rsplit("(log: ", 1)[1].split(")", 1)[0]
     assert Path(log).is_file() and "worker-crash" in Path(log).read_text()
     assert not res.ran
+
+
+def test_import_url_is_fetched_again_once_unfrozen(dvc_repo, dvctools, tmp_path) -> None:
+    """`dvc import-url` stages are frozen: a changed source is not fetched by repro;
+    unfrozen, it is imported again and the stage reading it runs, as under dvc repro."""
+    source = tmp_path / "upstream.txt"
+    source.write_text("v1\n")
+    files = {"mark.py": MARK, "dvc.yaml": dvc_yaml({"use": stage("out/use.txt", "got.txt")})}
+    roots = []
+    for name in ("lauf", "dvc"):
+        root = dvc_repo(files, name=name)
+        subprocess.run([sys.executable, "-m", "dvc", "import-url", str(source), "got.txt"],
+                       cwd=root, check=True, capture_output=True)  # fmt: skip
+        dvctools.reproduce(root)
+        roots.append(root)
+    a, b = roots
+    source.write_text("v2\n")
+    ours, theirs = both(a, b)
+    assert ours.code == theirs.code == 0, ours.err
+    assert set(ours.ran) == set(theirs.ran) == set()
+    assert (a / "got.txt").read_text() == "v1\n"
+    for root in (a, b):
+        subprocess.run([sys.executable, "-m", "dvc", "unfreeze", "got.txt.dvc"], cwd=root,
+                       check=True, capture_output=True)  # fmt: skip
+    ours, theirs = both(a, b)
+    assert ours.code == theirs.code == 0, ours.err
+    assert set(ours.ran) == set(theirs.ran) == {"use"}
+    assert (a / "got.txt").read_text() == "v2\n"
+    assert_same(a, b, dvctools)

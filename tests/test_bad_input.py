@@ -255,6 +255,45 @@ def test_database_of_another_schema_version(repo: Path) -> None:
     assert_refused(repo, commands, ExitCode.STORE, message)
 
 
+def journal(db: Path) -> tuple[int, int]:
+    """Bytes 18 and 19 of the SQLite file: (1, 1) a rollback journal, (2, 2) WAL."""
+    head = db.read_bytes()[:20]
+    return head[18], head[19]
+
+
+def test_a_flufl_database_is_never_switched_to_wal(tmp_path: Path) -> None:
+    """A database made by the job's workers (``LAUF_DVC_LOCK=flufl``, docs/slurm.md) and
+    looked at from a login node without that setting: every command follows the mode
+    recorded in the file (status once switched it to WAL, and the next flufl worker back,
+    which corrupts a database on a network filesystem); one that insists on the other
+    mode is refused with one line and changes nothing."""
+    root = make_repo(tmp_path / "repo", FILES)
+    first = lauf(root, "repro", "-j", "2", env={"LAUF_DVC_LOCK": "flufl"})
+    assert first.code == 0, first.err
+    db = root / DB
+    assert journal(db) == (1, 1)
+    (root / "data" / "raw.txt").write_text("raw, changed: prepare and train are stale\n")
+    for command in (("status",), ("watch", "--once"), ("history", "train"), ("repro", "--dry")):
+        res = lauf(root, *command)
+        assert res.code == 0, (command, res.err)
+        assert journal(db) == (1, 1), command
+        assert not Path(f"{db}-wal").exists() and not Path(f"{db}-shm").exists(), command
+    assert "stale" in lauf(root, "status").out
+    message = (
+        f"{ERROR}database sqlite:///{db} was created with lock: flufl, this process has "
+        "lock: wal: set lock: flufl or auto (which follows the database), or delete the file "
+        "while no worker runs to start over in the other mode (only the run history is lost)"
+    )
+    before = snapshot(root)
+    for command in (("status",), ("worker",), ("repro", "-j", "2")):
+        res = lauf(root, *command, env={"LAUF_DVC_LOCK": "wal"})
+        assert (res.code, res.err_lines, res.out) == (ExitCode.STORE, [message], ""), command
+    assert snapshot(root) == before and journal(db) == (1, 1)
+    res = lauf(root, "repro", "-j", "2")  # the default follows the database
+    assert res.code == 0 and "2 stage(s): 2 ran" in res.out, res.out + res.err
+    assert journal(db) == (1, 1) and dvc_status(root) == {}
+
+
 # -- DVC's own locks ------------------------------------------------------------------------
 
 STALE = ".dvc/tmp/lock .dvc/tmp/rwlock.lock"

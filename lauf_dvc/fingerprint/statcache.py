@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lauf_dvc.scheduler.netfs import network_filesystem
+from lauf_dvc.scheduler.netfs import MountTable, network_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ class StatCache:
         *,
         racy_ns: int = RACY_NS,
         timeout: float = 5.0,
-        mounts: str | None = None,
+        mounts: str | MountTable | None = None,
     ) -> None:
-        """``mounts``: a /proc/mounts text (tests), else the real one, read on first use."""
+        """``mounts``: a /proc/mounts text or a mount table (tests), else this machine's, read
+        on first use."""
         self.path = Path(path)
         self._mounts = mounts
         self.racy_ns = racy_ns

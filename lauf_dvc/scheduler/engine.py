@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from lauf_dvc.config import LOCK_MODES
 from lauf_dvc.errors import ConfigError, StoreError
-from lauf_dvc.scheduler.netfs import network_filesystem
+from lauf_dvc.scheduler.netfs import MountTable, network_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,40 @@ def _parse(url: str) -> URL:
         raise StoreError(f"not a database URL: {mask_url(url)!r}") from None
 
 
-def sqlite_lock_mode(url: str, lock: str, *, mounts: str | None = None) -> str | None:
+#: Bytes 18 and 19 of a SQLite file (its "write" and "read" format versions): 1 for a
+#: rollback journal, 2 for WAL. SQLite keeps the journal mode there, so it is a property
+#: of the file that every process can read without opening the database or taking a lock.
+_HEADER = b"SQLite format 3\x00"
+_RECORDED = {1: "flufl", 2: "wal"}
+JOURNALS = {"flufl": "DELETE", "wal": "WAL"}
+
+
+def recorded_lock_mode(path: Path) -> str | None:
+    """The lock mode a SQLite file was created with (``"wal"`` or ``"flufl"``, from its
+    journal mode), or None: no file yet, an empty one, or not a SQLite file."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # unreadable: SQLite's own error says it when it opens the file
+        log.debug("cannot read the header of %s: %s", path, exc)
+        return None
+    if len(header) < 20 or not header.startswith(_HEADER) or header[18] != header[19]:
+        return None
+    return _RECORDED.get(header[18])
+
+
+def sqlite_lock_mode(url: str, lock: str, *, mounts: str | MountTable | None = None) -> str | None:
     """What ``lock`` (auto | wal | flufl) means for this URL: ``"wal"`` or ``"flufl"``
-    for SQLite, None for another backend. ``auto`` is flufl on a network filesystem
-    (``mounts``: a /proc/mounts text, else the real one, read now), with one warning per
-    database and process."""
+    for SQLite, None for another backend.
+
+    A database that exists keeps the mode it was created with: ``auto`` follows it, the
+    other mode is refused (:class:`StoreError`), so no process ever switches a file's
+    journal mode (on a network filesystem that is how a database gets corrupted). For
+    a new database ``auto`` is flufl on a network filesystem (``mounts``: a /proc/mounts
+    text or a mount table, else this machine's, read now), with one warning per database
+    and process."""
     if lock not in LOCK_MODES:
         raise ConfigError(f"lock must be one of {', '.join(LOCK_MODES)}, got {lock!r}")
     if _parse(url).get_backend_name() != "sqlite":
@@ -83,6 +112,16 @@ def sqlite_lock_mode(url: str, lock: str, *, mounts: str | None = None) -> str |
     path = sqlite_path(url)
     if path is None:  # in memory: one process, no file to lock
         return "wal"
+    recorded = recorded_lock_mode(path)
+    if recorded is not None:
+        if lock not in ("auto", recorded):
+            raise StoreError(
+                f"database {mask_url(url)} was created with lock: {recorded}, this process "
+                f"has lock: {lock}: set lock: {recorded} or auto (which follows the database), "
+                "or delete the file while no worker runs to start over in the other mode "
+                "(only the run history is lost)"
+            )
+        return recorded
     if lock != "auto":
         return lock
     fstype = network_filesystem(path, mounts)
@@ -149,7 +188,8 @@ def _sqlite_engine(url: str, *, flufl: bool) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         make_dir(path.parent, f"database {path}")
-    journal, synchronous = ("DELETE", "FULL") if flufl else ("WAL", "NORMAL")
+    mode_name = "flufl" if flufl else "wal"
+    journal, synchronous = JOURNALS[mode_name], "FULL" if flufl else "NORMAL"
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -163,21 +203,24 @@ def _sqlite_engine(url: str, *, flufl: bool) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         try:
-            mode = cur.execute(f"PRAGMA journal_mode = {journal}").fetchone()[0]
-            found = f"it stays in {mode}"
-        except sqlite3.OperationalError as exc:  # "locked": open elsewhere in the other mode
-            if "locked" not in str(exc):  # "unable to open database file": read-only
-                cur.close()
-                dbapi_conn.close()
-                raise StoreError(f"database {mask_url(url)}: {exc}{READ_ONLY_HINT}") from None
-            mode, found = "?", f"another process holds it open in another mode ({exc})"
-        if path is not None and mode.upper() != journal:
+            # The journal mode is chosen once, by whoever creates the file; after that it
+            # is only read (sqlite_lock_mode picked the file's own mode for this engine).
+            if path is None or cur.execute("PRAGMA page_count").fetchone()[0] == 0:
+                cur.execute(f"PRAGMA journal_mode = {journal}")
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        except sqlite3.OperationalError as exc:  # "unable to open database file": read-only
             cur.close()
             dbapi_conn.close()
+            raise StoreError(f"database {mask_url(url)}: {exc}{READ_ONLY_HINT}") from None
+        if path is not None and mode.upper() != journal:
+            # another process created the file in the other mode at the same moment
+            cur.close()
+            dbapi_conn.close()
+            found = {v: k for k, v in JOURNALS.items()}.get(mode.upper(), mode)
             raise StoreError(
-                f"database {path}: cannot switch to journal mode {journal} for lock: "
-                f"{'flufl' if flufl else 'wal'}, {found}: every worker of a database must "
-                "use the same lock setting"
+                f"database {mask_url(url)} was created with lock: {found}, this process "
+                f"has lock: {mode_name}: every process of a database must use the same lock "
+                "setting"
             )
         cur.execute(f"PRAGMA synchronous = {synchronous}")
         cur.execute("PRAGMA foreign_keys = ON")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,7 +14,12 @@ from lauf_dvc import ConfigError, Graphband, Store, StoreError, Task
 from lauf_dvc.config import SchedulerSettings
 from lauf_dvc.scheduler.engine import sqlite_lock_mode
 from lauf_dvc.scheduler.locks import LockSet
-from lauf_dvc.scheduler.netfs import filesystem_type, network_filesystem
+from lauf_dvc.scheduler.netfs import (
+    filesystem_type,
+    is_network_filesystem,
+    mount_table,
+    network_filesystem,
+)
 from lauf_dvc.scheduler.store import TaskSpec
 from lauf_dvc.scheduler.worker import IDLE_POLL_BUDGET, MAX_BACKOFF, Worker
 
@@ -54,6 +60,33 @@ def test_only_network_filesystems_are_reported():
     assert network_filesystem(Path("/home/local/db.sqlite"), MOUNTS) is None
     assert network_filesystem(Path("/var/db.sqlite"), MOUNTS) is None
     assert filesystem_type("/x", "") is None
+
+
+@pytest.mark.parametrize(
+    "fstype",
+    ["fuse.sshfs", "fuse.fuse-nfs", "fuse.glusterfs", "fuse.ceph", "fuse.ceph-fuse",
+     "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs", "fuse.rclone", "fuse.mountpoint-s3",
+     "fuse.someone-elses-fs", "fuse", "lustre", "gpfs", "beegfs", "ceph", "nfs4", "cifs"],
+)  # fmt: skip
+def test_network_and_unknown_fuse_filesystems_count_as_network(fstype):
+    mounts = [("/", "ext4"), ("/shared", fstype)]
+    assert network_filesystem(Path("/shared/repo/db.sqlite"), mounts) == fstype
+    assert network_filesystem(Path("/home/db.sqlite"), mounts) is None
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs", "zfs", "tmpfs", "overlay",
+                                    "fuseblk", "fuse.lxcfs", "fuse.fuse-overlayfs"])  # fmt: skip
+def test_local_filesystems_and_known_local_fuse_do_not(fstype):
+    assert network_filesystem(Path("/data/db.sqlite"), [("/", "ext4"), ("/data", fstype)]) is None
+
+
+def test_this_machines_mount_table_comes_from_psutil(tmp_path):
+    table = mount_table()
+    assert ("/", filesystem_type("/", table)) in table
+    # the test's own folder: whatever it is on, the answer agrees with the table
+    fstype = filesystem_type(os.path.realpath(tmp_path), table)
+    expected = fstype if fstype is not None and is_network_filesystem(fstype) else None
+    assert network_filesystem(tmp_path) == expected
 
 
 def test_auto_is_flufl_on_a_network_filesystem_with_one_warning(caplog):
@@ -112,14 +145,48 @@ def test_threads_of_one_process_share_the_lock(tmp_path):
     assert sorted(done) == sorted(f"t{i}" for i in range(60))  # each exactly once
 
 
-def test_mixing_lock_settings_on_one_database_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    wal = Store(url, lock="wal")
-    wal.sync_graph([TaskSpec("a")], worker=None)
-    # A WAL worker has the database open:
-    with wal.read(), pytest.raises(StoreError, match="same lock setting") as err:
-        Store(url, lock="flufl").counts()
-    assert "\n" not in str(err.value)
+def header(path: Path) -> tuple[int, int]:
+    """Bytes 18 and 19 of a SQLite file: (1, 1) rollback journal, (2, 2) WAL."""
+    data = path.read_bytes()[:20]
+    return data[18], data[19]
+
+
+@pytest.mark.parametrize(("created", "other"), [("flufl", "wal"), ("wal", "flufl")])
+def test_a_database_keeps_the_lock_mode_it_was_created_with(created, other, tmp_path):
+    path = tmp_path / "db.sqlite"
+    url = f"sqlite:///{path}"
+    first = Store(url, lock=created)
+    first.sync_graph([TaskSpec("a")], worker=None)
+    recorded = header(path)
+    assert recorded == {"flufl": (1, 1), "wal": (2, 2)}[created]
+    with first.read():  # open (a WAL worker keeps it so) while the others look
+        follower = Store(url)  # the default, lock: auto, follows the file
+        assert follower.sqlite_lock == created and follower.counts()["pending"] == 1
+        follower.dispose()
+        with pytest.raises(StoreError) as err:
+            Store(url, lock=other).counts()
+    message = (
+        f"database {url} was created with lock: {created}, this process has lock: {other}: "
+        f"set lock: {created} or auto (which follows the database), or delete the file while "
+        "no worker runs to start over in the other mode (only the run history is lost)"
+    )
+    assert str(err.value) == message
+    first.dispose()
+    assert header(path) == recorded  # nobody switched the journal mode
+    if created == "flufl":
+        assert not Path(f"{path}-wal").exists()
+
+
+def test_auto_on_a_network_filesystem_follows_a_wal_database_made_there(tmp_path):
+    """A database's mode is read from the file before the mount table is consulted: the
+    file is the record (no warning, no switch), whatever auto would pick for a new one."""
+    path = tmp_path / "db.sqlite"
+    Store(f"sqlite:///{path}", lock="wal").sync_graph([TaskSpec("a")], worker=None)
+    mounts = f"server:/export {tmp_path} nfs4 rw 0 0\n"
+    assert sqlite_lock_mode(f"sqlite:///{path}", "auto", mounts=mounts) == "wal"
+    assert sqlite_lock_mode(f"sqlite:///{tmp_path / 'new.sqlite'}", "auto", mounts=mounts) == (
+        "flufl"
+    )
 
 
 def test_graphband_lock_setting_comes_from_argument_or_environment(sqlite_url, monkeypatch):

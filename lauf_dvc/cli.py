@@ -73,6 +73,28 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="keep only the latest events of each stage")
     pr.add_argument("--keep", type=int, default=20)
 
+    su = sub.add_parser("submit", help="write this repository's SLURM array job, sbatch it",
+                        description="Write docs/slurm.md's array job script for this "
+                        "repository (its database and lock settings included) and submit "
+                        "it with sbatch. Targets and options are `lauf-dvc worker`'s; "
+                        "without targets: every pipeline (-P).")  # fmt: skip
+    su.add_argument("--workers", type=int, required=True, metavar="N",
+                    help="array tasks: one worker each")  # fmt: skip
+    su.add_argument("--time", default="12:00:00", help="time limit of each task (12:00:00)")
+    su.add_argument("--partition", help="SLURM partition")
+    su.add_argument("--account", help="SLURM account")
+    su.add_argument("--cpus-per-task", type=int, metavar="N", help="what one stage needs")
+    su.add_argument("--mem", help="memory of each task (e.g. 16G)")
+    su.add_argument("--job-name", default="lauf-dvc", help="SLURM job name (lauf-dvc)")
+    su.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                    help="one more #SBATCH line (--sbatch=--qos=long); repeatable")  # fmt: skip
+    su.add_argument("--labels", default="", help="the workers' labels (e.g. gpu)")
+    su.add_argument("--max-idle", type=float, default=600.0, metavar="SECONDS",
+                    help="a worker leaves after this long with nothing to claim (600)")  # fmt: skip
+    su.add_argument("--print", action="store_true", dest="print_only",
+                    help="print the script and do not submit it")  # fmt: skip
+    _repro_options(su)
+
     pl = sub.add_parser("plugins", help="every plugin, where it comes from, its hooks")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -347,6 +369,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lauf_dvc import slurm
+
+    if args.workers < 1:
+        print("lauf-dvc: error: --workers must be at least 1", file=sys.stderr)
+        return ExitCode.USAGE
+    options = argparse.ArgumentParser(add_help=False)
+    _repro_options(options)
+    job = slurm.plan_job(args, options, _selection(args))
+    _warn(job.notes)
+    if args.print_only:
+        print(slurm.job_script(job), end="")
+        return ExitCode.OK
+    script = slurm.write_script(job)
+    job_id = slurm.submit(script, job.workdir)
+    print(f"submitted job {job_id}: {job.workers} worker(s); script {script}, logs in "
+          f"{job.log_dir}")  # fmt: skip
+    print(f"follow it with: {slurm.watch_command(job.env)}")
+    return ExitCode.OK
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from lauf_dvc.plugins import Hooks, describe_plugins, make_plugin_manager
 
@@ -392,5 +435,6 @@ COMMANDS = {
     "history": cmd_history,
     "reset": cmd_reset,
     "prune": cmd_prune,
+    "submit": cmd_submit,
     "plugins": cmd_plugins,
 }

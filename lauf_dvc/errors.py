@@ -21,6 +21,7 @@ class ExitCode(enum.IntEnum):
     PLUGIN = 6  # a plugin failed to load or raised
     LOCK = 7  # a lock could not be acquired in time
     WORKER_CRASHED = 8  # a worker process died of an error (not a stage's): see its log
+    SUBMIT = 9  # `submit`: sbatch is missing or refused the job
     INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
     OS_ERROR = 74  # the system refused: a file could not be read or written (EX_IOERR)
     INTERRUPTED = 130  # Ctrl-C
@@ -81,6 +82,12 @@ class WorkerCrashed(LaufError):
     finish; the message names its exception and its log."""
 
     exit_code = ExitCode.WORKER_CRASHED
+
+
+class SubmitError(LaufError):
+    """``lauf-dvc submit`` could not hand the job to SLURM (no ``sbatch``, or it refused)."""
+
+    exit_code = ExitCode.SUBMIT
 
 
 class FailurePolicyStop(LaufError):

@@ -346,10 +346,13 @@ def test_soak_random_workers_killed_and_restarted(dvc_repo, dvctools, capsys, tm
     cmd = [sys.executable, "-m", "lauf_dvc", "worker", "--no-sync"]
     logs = tmp_path / "logs"
     logs.mkdir()
+    logs_of: dict[int, Path] = {}
 
     def start() -> subprocess.Popen[bytes]:
         with open(logs / f"worker-{time.monotonic_ns()}.log", "wb") as log:
-            return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            logs_of[proc.pid] = Path(log.name)
+            return proc
 
     rng = random.Random(6)
     since = time.time()
@@ -365,7 +368,8 @@ def test_soak_random_workers_killed_and_restarted(dvc_repo, dvctools, capsys, tm
             victim.wait()
             kills += 1
             workers.append(start())
-    bad = [(w.pid, w.returncode) for w in workers if w.returncode not in (0, -signal.SIGKILL)]
+    bad = [(w.pid, w.returncode, logs_of[w.pid].read_text()[-600:])  # why, if it failed
+           for w in workers if w.returncode not in (0, -signal.SIGKILL)]  # fmt: skip
     assert not bad, bad
     assert kills >= 5
     assert_consistent(root, dvctools, capsys, marks, outs, since)

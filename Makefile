@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DVC_VENV := .venv-dvc
 DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-dvc demo bench lint clean
+.PHONY: venv test test-dvc test-cluster demo bench lint clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ $(DVC_STAMP): pyproject.toml
 	$(DVC_VENV)/bin/python -m pip install --quiet -e . 'dvc[tests]'
 	rm -f $(DVC_VENV)/.installed-*
 	touch $@
+
+# A real single-node SLURM cluster (munged, slurmctld, slurmd in a temporary folder, as
+# root) running docs/slurm.md's job script and `lauf-dvc submit`. Installs Debian's
+# slurm-wlm and munge when they are missing and it may; else says what to install.
+test-cluster: venv
+	@bash tests/cluster/install.sh
+	LAUF_DVC_TEST_CLUSTER=1 $(BIN)/python -m pytest -p no:xdist tests/cluster $(PYTEST_ARGS)
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh

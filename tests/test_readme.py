@@ -42,6 +42,9 @@ NOT_RUN = {
     "make test": "the test suite itself",
     "make venv": "the venv running this test",
     "make demo": "test_make_demo runs examples/demo.sh",
+    "lauf-dvc submit --workers 16 --partition cpu --time 04:00:00": (
+        "needs a SLURM cluster: tests/cluster (make test-cluster) submits for real"
+    ),
 }
 COLUMNS = "88"  # the terminal width the shown output was captured at
 MARK = "@@lauf-readme-done"

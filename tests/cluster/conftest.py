@@ -1,0 +1,41 @@
+"""The real SLURM cluster of ``make test-cluster``: one per test session.
+
+These tests start daemons as root (``munged``, ``slurmctld``, ``slurmd``): they run only
+when ``LAUF_DVC_TEST_CLUSTER=1`` (set by ``make test-cluster``), not in ``make test``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slurm_cluster import Cluster, missing_commands, slurm_cluster
+
+ENABLE = "LAUF_DVC_TEST_CLUSTER"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(ENABLE) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"a real SLURM cluster: run `make test-cluster` ({ENABLE}=1)")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    missing = missing_commands()
+    if missing:  # make test-cluster installs them first; say so rather than skip quietly
+        pytest.fail(f"SLURM is not installed: apt-get install {' '.join(missing)}")
+    if os.geteuid() != 0:
+        pytest.fail("the SLURM test cluster runs its daemons as root: run as root")
+    with (
+        tempfile.TemporaryDirectory(prefix="lauf-slurm-") as folder,
+        slurm_cluster(Path(folder) / "cluster") as running,
+    ):
+        yield running

@@ -92,16 +92,38 @@ def assert_same(a: Path, b: Path, dvctools: SimpleNamespace, *, clean: bool = Tr
         assert dvctools.dvc_status(a) == dvctools.dvc_status(b)
 
 
-@pytest.fixture
-def twins(dvc_repo, dvctools):
-    """Two copies of FILES (``data.txt`` and ``data/dir`` dvc-added), both reproduced."""
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """FILES (``data.txt`` and ``data/dir`` dvc-added), reproduced: made once, copied by
+    every test (a fresh git + DVC repository per test costs more than its test)."""
+    from conftest import DVC_ENV, init_repo, reproduce
 
-    def make(files: dict[str, str] | None = None, added: tuple[str, ...] = ADDED):
-        a = dvc_repo({**FILES, **(files or {})}, name="lauf", add=added)
-        b = dvc_repo({**FILES, **(files or {})}, name="dvc", add=added)
-        for root in (a, b):
-            dvctools.reproduce(root)  # every pipeline: both start up to date
-        return a, b
+    base = tmp_path_factory.mktemp("dropin-template")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**DVC_ENV, "DVC_GLOBAL_CONFIG_DIR": str(base / "global"),
+                           "DVC_SYSTEM_CONFIG_DIR": str(base / "system"),
+                           "DVC_SITE_CACHE_DIR": str(base / "site")}.items():  # fmt: skip
+            mp.setenv(key, value)
+        root = init_repo(base / "repo", FILES, ADDED)
+        reproduce(root)  # every pipeline: the copies start up to date
+    return root
+
+
+@pytest.fixture
+def twins(template, tmp_path, dvctools):
+    """Two copies of the template; with ``files``, those written and reproduced in both."""
+
+    def make(files: dict[str, str] | None = None):
+        roots = []
+        for name in ("lauf", "dvc"):
+            root = tmp_path / name
+            shutil.copytree(template, root, symlinks=True)
+            shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)  # no lauf state copied
+            if files:
+                edit((root,), files)
+                dvctools.reproduce(root)
+            roots.append(root)
+        return tuple(roots)
 
     return make
 

@@ -183,6 +183,17 @@ def test_unknown_stage_meta_lauf_key(repo: Path) -> None:
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
 
+def test_max_workers_above_one_on_a_dvc_stage(repo: Path) -> None:
+    """Issue 14, point 1: refused up front (it used to kill its own first run)."""
+    edit(repo, "dvc.yaml", lambda t: t + "    meta:\n      lauf:\n        max_workers: 2\n")
+    message = (
+        f"{ERROR}dvc.yaml:train: meta.lauf.max_workers: a DVC stage runs its command once; "
+        "remove the key (spread the work inside the command, or make several stages with "
+        "foreach)"
+    )
+    assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
+
+
 # -- the database ----------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lauf_dvc.config import ProjectSettings, StageSettings
 from lauf_dvc.dvc.pipeline import StageInfo, dvc_errors, reword
 from lauf_dvc.dvc.plan import Selection
-from lauf_dvc.errors import PipelineError
+from lauf_dvc.errors import ConfigError, PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
 from lauf_dvc.states import TaskState
@@ -260,6 +260,17 @@ def _project(
     stage_settings = {
         s.address: StageSettings.from_meta(s.meta, where=f"{s.dvcfile}:{s.name}") for s in stages
     }
+    for s in stages:
+        if stage_settings[s.address].max_workers > 1:
+            # A DVC stage is one reproduction: DVC removes its outputs, write-locks them
+            # and records one dvc.lock entry; copies of its command side by side are
+            # nothing DVC can record (they killed each other's runs). Graphband tasks
+            # keep max_workers.
+            raise ConfigError(
+                f"{s.dvcfile}:{s.name}: meta.lauf.max_workers: a DVC stage runs its command "
+                "once; remove the key (spread the work inside the command, or make several "
+                "stages with foreach)"
+            )
     return Project(root, settings, stages, stage_settings)
 
 

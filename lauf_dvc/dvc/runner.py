@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import sys
 import time
@@ -194,8 +195,18 @@ class StageRunner:
 
 def collect_stage(repo: Repo, address: str) -> Stage:
     """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
-    stage or a ``.dvc`` file."""
-    found = resolve_target(repo, address)
+    stage or a ``.dvc`` file.
+
+    The address is split as :func:`~lauf_dvc.dvc.pipeline.address_of` built it, not
+    parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
+    name (``a:b`` means stage ``b`` of a file ``a``)."""
+    from dvc.exceptions import DvcException
+
+    dvcfile, name = split_address(address)
+    try:
+        found = [repo.stage.load_one(path=os.path.join(repo.root_dir, dvcfile), name=name)]
+    except (DvcException, KeyError):  # not there (any more): say it as a target would
+        found = resolve_target(repo, address)
     if len(found) != 1 or address_of(repo, found[0]) != address:
         names = ", ".join(address_of(repo, s) for s in found[:3])
         raise PipelineError(
@@ -203,6 +214,16 @@ def collect_stage(repo: Repo, address: str) -> Stage:
             "pass a single stage's address, e.g. `sub/dvc.yaml:train@x`"
         )
     return found[0]
+
+
+def split_address(address: str) -> tuple[str, str | None]:
+    """``(dvcfile, name)`` of an address (``name`` None for a ``.dvc`` file)."""
+    found = re.match(r"(.*?(?:^|/)dvc\.yaml):(.+)$", address)
+    if found:
+        return found[1], found[2]
+    if address.endswith(".dvc"):
+        return address, None
+    return "dvc.yaml", address
 
 
 def log_file(log_dir: Path, address: str) -> Path:

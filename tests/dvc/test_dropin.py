@@ -408,3 +408,15 @@ def test_import_url_is_fetched_again_once_unfrozen(dvc_repo, dvctools, tmp_path)
     assert set(ours.ran) == set(theirs.ran) == {"use"}
     assert (a / "got.txt").read_text() == "v2\n"
     assert_same(a, b, dvctools)
+
+
+def test_a_stage_named_with_a_colon_runs_as_under_dvc(dvc_repo, dvctools) -> None:
+    """Issue 14, point 7: DVC accepts `a:b` as a stage name (no target can name it)."""
+    files = {"mark.py": MARK, "dvc.yaml": dvc_yaml({"a:b": stage("out/ab.txt", "=ab"),
+                                                     "c": stage("out/c.txt", "out/ab.txt")})}  # fmt: skip
+    a, b = (dvc_repo(files, name=n) for n in ("lauf", "dvc"))
+    ours, theirs = both(a, b)
+    assert ours.code == theirs.code == 0, ours.out + ours.err
+    assert set(ours.ran) == set(theirs.ran) == {"a:b", "c"}
+    assert_same(a, b, dvctools)
+    assert lauf(a, "history", "a:b").code == 0

@@ -250,9 +250,17 @@ def slurm_cluster(root: Path, *, timeout: float = 30) -> Iterator[Cluster]:
         def start(name: str, *args: str) -> None:
             out = open(root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 (closed by the stack)
             stack.callback(out.close)
+            # A session of their own: a Ctrl-C at the terminal reaches the tests, whose
+            # way out cancels the jobs first, and only then stops the daemons (killed
+            # at once, they would leave the jobs' slurmstepd behind).
             daemons.append(
                 subprocess.Popen(
-                    args, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                    args,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                    start_new_session=True,
                 )
             )
 
@@ -293,8 +301,8 @@ def _wait_for(ready, daemons: list[subprocess.Popen[bytes]], timeout: float, wha
 
 
 def _stop(cluster: Cluster, daemons: list[subprocess.Popen[bytes]]) -> None:
-    """Cancel the jobs, stop the daemons (newest first), then kill any process still
-    carrying this cluster's mark (a job step that outlived its slurmd)."""
+    """Cancel the jobs, stop the daemons (newest first), then kill any process of the
+    cluster still there (a job step that outlived its slurmd)."""
     if cluster.jobs and all(p.poll() is None for p in daemons):
         cluster.run("scancel", *cluster.jobs, check=False, timeout=20)
         deadline = time.monotonic() + 15
@@ -322,13 +330,19 @@ def _unfinished(cluster: Cluster) -> bool:
 
 
 def marked_processes(root: str) -> list[psutil.Process]:
-    """Every process whose environment carries this cluster's mark (not this one)."""
+    """Every process (not this one) of this cluster: its environment carries the mark
+    (the daemons, the job scripts and what they start), or it holds a file of the
+    cluster's folder open (``slurmstepd`` starts with an empty environment, but keeps
+    slurmd's log open)."""
     found = []
+    inside = root.rstrip("/") + "/"
     for proc in psutil.process_iter():
         if proc.pid == os.getpid():
             continue
         try:
-            if proc.environ().get(MARK) == root:
+            if proc.environ().get(MARK) == root or any(
+                f.path.startswith(inside) for f in proc.open_files()
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

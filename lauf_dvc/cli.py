@@ -206,7 +206,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.plan import from_flags
     from lauf_dvc.dvc.project import open_project, sync
     from lauf_dvc.dvc.repro import repro
-    from lauf_dvc.progress import ProgressView, print_dry_run, print_summary
+    from lauf_dvc.progress import ProgressView, print_dry_run, print_summary, requires_text
 
     if args.interactive:
         print("lauf-dvc: error: -i/--interactive is not supported: stages run in parallel "
@@ -221,16 +221,26 @@ def cmd_repro(args: argparse.Namespace) -> int:
         store = project.store() if project.has_database() else None  # a look creates nothing
         print_dry_run(project, sync(project, store, worker=None, force=args.force, dry=True))
         return ExitCode.OK
+    needs = {a: ss.requires for a, ss in project.stage_settings.items() if ss.requires}
+
+    def unrunnable(todo: list[Any]) -> None:  # said at once: local workers have no labels
+        _warn([f"stage {r.id!r}: {requires_text(needs[r.id])}, which the local workers of "
+               f"`lauf-dvc repro` do not have: it runs only if a `lauf-dvc worker --labels "
+               f"{','.join(needs[r.id])}` joins" for r in todo if r.id in needs])  # fmt: skip
+
     view = ProgressView(total=len(project.stages))
     try:
         result = repro(project, jobs=project.settings.jobs, options=from_flags(args),
-                       overrides={"failure_policy": policy}, on_progress=view.update)  # fmt: skip
+                       overrides={"failure_policy": policy}, on_progress=view.update,
+                       on_start=unrunnable)  # fmt: skip
     finally:
         view.close()
-    print_summary(result)
+    print_summary(result, needs)
     if result.crashed:
         return ExitCode.WORKER_CRASHED
-    return ExitCode.OK if result.ok else ExitCode.STAGE_FAILED
+    if result.failed:
+        return ExitCode.STAGE_FAILED
+    return ExitCode.NO_WORKER if result.left else ExitCode.OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -248,6 +258,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         project = open_project(cli=cli, selection=_selection(args))
         _warn(missing_inputs(project.root, project.stages))
     labels = frozenset(v.strip() for v in args.labels.split(",") if v.strip())
+    never = [a for a, ss in project.stage_settings.items() if not set(ss.requires) <= labels]
+    if never:  # said at once; others (with those labels) may take them
+        shown = ", ".join(never[:5]) + (" ..." if len(never) > 5 else "")
+        _warn([f"this worker (labels: {','.join(sorted(labels)) or 'none'}) cannot take "
+               f"{len(never)} stage(s), which require other labels: {shown}"])  # fmt: skip
     max_idle = resolve("max_idle", args.max_idle, parse_non_negative_float, None)
     report = run_worker(project, identifier=args.identifier, labels=labels,
                         do_sync=not args.no_sync, options=from_flags(args),
@@ -257,7 +272,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr)
     elif report.left:
         print(f"lauf-dvc: worker {report.identifier} leaving: {report.left}", file=sys.stderr)
-    return ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK
+    if report.failed or report.stopped:
+        return ExitCode.STAGE_FAILED
+    return ExitCode.NO_WORKER if report.stuck else ExitCode.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

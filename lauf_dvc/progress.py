@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,15 +144,41 @@ def failed_line(failed: list[TaskRow]) -> str:
     )
 
 
-def print_summary(result: ReproResult) -> None:
+def requires_text(labels: Sequence[str]) -> str:
+    return f"it requires label(s) {', '.join(labels)}"
+
+
+def print_left(left: list[TaskRow], needs: Mapping[str, Sequence[str]]) -> None:
+    """Why each stage left behind did not run (one line each, on stdout), and one line
+    on stderr (exit 10)."""
+    ids = {r.id for r in left}
+    for r in left:
+        if needs.get(r.id):
+            why = f"{requires_text(needs[r.id])}, which no worker had"
+        else:
+            waits = [d for d in r.dependencies if d in ids]
+            why = f"it waits for {', '.join(waits)}" if waits else "no worker took it"
+        console.print(f"[yellow]- {r.id}[/]: not run: {why}")
+    labels = sorted({label for r in left for label in needs.get(r.id, ())})
+    hint = f"; start `lauf-dvc worker --labels {','.join(labels)}`" if labels else ""
+    err_console.print(
+        f"lauf-dvc: error: {len(left)} stage(s) not run: no worker could take them or what "
+        f"they wait for{hint}",
+        markup=False,
+    )
+
+
+def print_summary(result: ReproResult, needs: Mapping[str, Sequence[str]] | None = None) -> None:
+    """The end of a run; ``needs``: each stage's required labels."""
     failed = result.failed
     upstream = [r.id for r in result.rows if r.state == S.UPSTREAM_FAILED]
+    held = len(upstream) + len(result.left)
     restored = f", {len(result.restored)} restored from run cache" if result.restored else ""
     ignored = f", {len(result.ignored)} failed (ignored)" if result.ignored else ""
     cut = f" ({len(result.cut_off)} by early cutoff)" if result.cut_off else ""
     console.print(
         f"{len(result.rows)} stage(s): {len(result.ran)} ran, {len(result.skipped)} up to date"
-        f"{cut}{restored}, {len(failed)} failed{ignored}, {len(upstream)} not run "
+        f"{cut}{restored}, {len(failed)} failed{ignored}, {held} not run "
         f"in {_fmt_time(result.elapsed)}"
     )
     for r in failed:
@@ -173,6 +199,8 @@ def print_summary(result: ReproResult) -> None:
         err_console.print(f"lauf-dvc: {err}", markup=False)
     if failed:
         err_console.print(failed_line(failed), markup=False)
+    elif result.left:
+        print_left(result.left, needs or {})
 
 
 def print_dry_run(project: Project, report: SyncReport) -> None:

@@ -70,6 +70,12 @@ class ReproResult:
         return bool(self.rows) and all(r.state == S.COMPLETED for r in self.rows)
 
     @property
+    def left(self) -> list[TaskRow]:
+        """Stages still waiting to run when every worker was gone: nobody could take
+        them (labels no worker had) or what they wait for."""
+        return [r for r in self.rows if r.state in (S.PENDING, S.INVALIDATED)]
+
+    @property
     def crashed(self) -> bool:
         """A worker died (not a stage's failure) and the run did not finish for it."""
         return bool(self.worker_errors) and not self.ok and not self.failed
@@ -102,10 +108,12 @@ def repro(
     on_progress: Callable[[list[TaskRow], float], None] | None = None,
     options: StageOptions | None = None,
     fork: bool | None = None,
+    on_start: Callable[[list[TaskRow]], None] | None = None,
 ) -> ReproResult:
     """Run the selected stages with ``jobs`` local workers; returns what happened.
 
     ``options``: how each stage is reproduced (``force`` is folded into them).
+    ``on_start``: called with the stages to run, once DVC said which, before any starts.
     ``fork``: fork the workers from this process (fast: they inherit the loaded
     pipeline) instead of starting new ones; only safe in a single-threaded process that
     is ours (the command line), so the default is :func:`fork_allowed` and the Python
@@ -122,6 +130,8 @@ def repro(
     result = ReproResult(report)
     rows = store.task_rows()
     todo = [r for r in rows if r.state != S.COMPLETED]
+    if on_start:
+        on_start(todo)
     if todo:
         if opts.pull and opts.run_cache:
             pull_run_cache(project.root)

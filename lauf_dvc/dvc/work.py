@@ -33,6 +33,7 @@ class WorkerReport:
     failed: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the worker stopped early, if it did
     left: str | None = None  # why it left while stages remained: --max-tasks, --max-idle
+    stuck: list[str] = field(default_factory=list)  # left: no live worker could take them
 
 
 def completion_fingerprint(
@@ -100,6 +101,8 @@ def run_worker(
         if worker.stopped_idle:
             report.left = (f"nothing to claim for {max_idle:g} s while the stages left wait "
                            "for stages running elsewhere (--max-idle)")  # fmt: skip
+        elif report.left is None and not report.failed:
+            _stuck(store, report)
     except FailurePolicyStop as exc:
         report.stopped = str(exc)
     except KeyboardInterrupt:
@@ -187,6 +190,18 @@ def _forced(worker: Worker[StageInfo], address: str, options: StageOptions) -> S
     if worker.store.upstream_ran_since(address, options.since):
         return replace(options, force=True)
     return options
+
+
+def _stuck(store: Any, report: WorkerReport) -> None:
+    """Stages left with no worker alive that may start them (or what they wait for)."""
+    left = store.stuck()
+    if left:
+        report.stuck = [task for task, _ in left]
+        needs = sorted({label for _, key in left for label in key.split(",") if label})
+        shown = ", ".join(report.stuck[:5]) + (" ..." if len(left) > 5 else "")
+        labels = f" (they need label(s) {', '.join(needs)})" if needs else ""
+        report.left = (f"{len(left)} stage(s) left that no live worker may take{labels}, "
+                       f"nor what they wait for: {shown}")  # fmt: skip
 
 
 def _failure_reason(result: StageResult) -> str:

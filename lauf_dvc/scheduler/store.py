@@ -21,6 +21,7 @@ from lauf_dvc.scheduler import txn
 from lauf_dvc.scheduler.database import Database
 from lauf_dvc.scheduler.schema import (
     FAILED_SQL,
+    READY_SQL,
     TODO_SQL,
     assignments,
     edges,
@@ -90,10 +91,32 @@ def _any_ready(conn: Connection, allowed: Sequence[str], join: bool) -> bool:
     return any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join))
 
 
-def _unfinished(conn: Connection, allowed: Sequence[str]) -> bool:
+_READY_KEYS = select(tasks.c.requirements).where(text(READY_SQL)).distinct()
+_LIVE_LABELS = (
+    select(workers.c.labels)
+    .where(workers.c.state == "alive", workers.c.expires >= bindparam("b_now"))
+    .distinct()
+)
+
+
+def _unfinished(conn: Connection, allowed: Sequence[str], now: float) -> bool:
+    """Is there work this worker must wait for? A task running somewhere, or one it may
+    take that waits for others, as long as someone can make progress: with nothing
+    running, only a ready task that this worker or another live one may take (by its
+    labels) makes waiting worth it. Else the tasks left can never start (they need
+    labels no live worker has, or wait for such tasks): nothing is left, say so."""
     if conn.execute(_RUNNING_ANY).first() is not None:
         return True
-    return conn.execute(_TODO_ANY, {"b_keys": list(allowed)}).first() is not None
+    if conn.execute(_TODO_ANY, {"b_keys": list(allowed)}).first() is None:
+        return False
+    keys = set(conn.execute(_READY_KEYS).scalars())
+    if keys & set(allowed):
+        return True  # ready for this worker: another one was just faster to claim it
+    labels = [
+        set(filter(None, k.split(",")))
+        for k in conn.execute(_LIVE_LABELS, {"b_now": now}).scalars()
+    ]
+    return any(set(filter(None, key.split(","))) <= have for key in keys for have in labels)
 
 
 class Store(Database):
@@ -274,7 +297,7 @@ class Store(Database):
         one short read transaction."""
         with self.read() as conn:
             if not _any_ready(conn, allowed, join):
-                return _unfinished(conn, allowed)
+                return _unfinished(conn, allowed, at(self._now(now)))
         with self.write() as conn:
             claimed = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
         return True if claimed is None else claimed  # None: another worker was faster
@@ -515,13 +538,21 @@ class Store(Database):
 
     # -- questions -----------------------------------------------------------------------
 
-    def has_unfinished(self, allowed: Sequence[str]) -> bool:
-        """Is a task running, or waiting to run and claimable with these requirement keys?
+    def has_unfinished(self, allowed: Sequence[str], *, now: float | None = None) -> bool:
+        """Is a task running, or waiting to run and claimable with these requirement keys,
+        with a live worker able to start what it waits for (see :func:`_unfinished`)?
 
-        Two index seeks (partial indexes), whatever the number of tasks.
+        Index seeks (partial indexes), whatever the number of tasks.
         """
         with self.read() as conn:
-            return _unfinished(conn, allowed)
+            return _unfinished(conn, allowed, at(self._now(now)))
+
+    def stuck(self, limit: int = 20) -> list[tuple[str, str]]:
+        """Tasks left to run, ``(id, requirement key)``, in graph order (for saying which
+        tasks a run left behind because no worker could take them)."""
+        q = select(tasks.c.id, tasks.c.requirements).where(text(TODO_SQL))
+        with self.read() as conn:
+            return [tuple(r) for r in conn.execute(q.order_by(tasks.c.seq).limit(limit))]
 
     def failed(self, limit: int = 20) -> list[str]:
         """Tasks failed or killed for good (retries are already back to pending)."""

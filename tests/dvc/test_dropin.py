@@ -412,8 +412,8 @@ def test_import_url_is_fetched_again_once_unfrozen(dvc_repo, dvctools, tmp_path)
 
 def test_a_stage_named_with_a_colon_runs_as_under_dvc(dvc_repo, dvctools) -> None:
     """Issue 14, point 7: DVC accepts `a:b` as a stage name (no target can name it)."""
-    files = {"mark.py": MARK, "dvc.yaml": dvc_yaml({"a:b": stage("out/ab.txt", "=ab"),
-                                                     "c": stage("out/c.txt", "out/ab.txt")})}  # fmt: skip
+    stages = {"a:b": stage("out/ab.txt", "=ab"), "c": stage("out/c.txt", "out/ab.txt")}
+    files = {"mark.py": MARK, "dvc.yaml": dvc_yaml(stages)}
     a, b = (dvc_repo(files, name=n) for n in ("lauf", "dvc"))
     ours, theirs = both(a, b)
     assert ours.code == theirs.code == 0, ours.out + ours.err

@@ -54,6 +54,20 @@ def test_claims_follow_dependencies(db_url):
     assert set(states(store).values()) == {S.COMPLETED}
 
 
+def test_work_only_a_missing_label_could_start_is_not_waited_for(db_url):
+    """Issue 14, point 2: a task needing labels no live worker has, and what depends on
+    it, leave a worker without those labels nothing to wait for: it stops, not hangs."""
+    store = make(db_url, [TaskSpec("gpu", requirements="gpu"), TaskSpec("after", ("gpu",))])
+    assert store.poll("w1", allowed=[""], now=NOW) is False  # nobody can start "gpu"
+    assert store.stuck() == [("gpu", "gpu"), ("after", "")]
+    store.register_worker("g1", host="h", pid=2, labels="gpu", timeout=10, now=NOW)
+    assert store.poll("w1", allowed=[""], now=NOW) is True  # g1 can: wait for it
+    assert store.poll("w1", allowed=[""], now=NOW + 11) is False  # g1's heartbeat expired
+    claimed = store.claim("g1", allowed=["", "gpu"], now=NOW)
+    assert claimed is not None and claimed.id == "gpu"
+    assert store.poll("w1", allowed=[""], now=NOW + 11) is True  # running: wait for it
+
+
 def test_a_task_is_claimed_once(db_url):
     store = make(db_url, [TaskSpec("x")], workers=("w1", "w2"))
     assert store.claim("w1", allowed=[""], now=NOW) is not None

@@ -11,8 +11,10 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc import termination
 from lauf_dvc.dvc.plan import ON_ERROR, Selection
 from lauf_dvc.errors import ExitCode, LaufError, PipelineError
+from lauf_dvc.termination import Terminated
 
 if TYPE_CHECKING:
     from lauf_dvc.dvc.project import Project
@@ -132,6 +134,8 @@ def _repro_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("repro", "worker"):
+        termination.install()
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     _tame_dvc_logging(level)
@@ -143,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lauf-dvc: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except Terminated as exc:
+        print(f"lauf-dvc: terminated ({exc.name})", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:  # `lauf-dvc status --json | head`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return int(ExitCode.OK)

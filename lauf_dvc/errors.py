@@ -25,7 +25,9 @@ class ExitCode(enum.IntEnum):
     NO_WORKER = 10  # stages were left that no worker may take (labels), nor what needs them
     INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
     OS_ERROR = 74  # the system refused: a file could not be read or written (EX_IOERR)
+    HANGUP = 129  # SIGHUP (a closed terminal): stopped as for SIGTERM
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (timeout, scancel, preemption, a CI cancel)
 
 
 class LaufError(Exception):

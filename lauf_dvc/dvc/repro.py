@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lauf_dvc import termination
 from lauf_dvc.dvc.command import kill_commands_of
 from lauf_dvc.dvc.plan import StageOptions
 from lauf_dvc.dvc.project import Project, SyncReport, sync
@@ -30,9 +31,11 @@ from lauf_dvc.scheduler.store import Store, TaskRow
 from lauf_dvc.scheduler.txn import IGNORED
 from lauf_dvc.scheduler.worker import default_identifier
 from lauf_dvc.states import TaskState
+from lauf_dvc.termination import Terminated
 
 S = TaskState
 POLL = 0.2
+TERMINATE_GRACE = 15.0  # seconds workers have to stop their commands (they give them 5)
 LOCAL_BACKOFF = 0.05  # local workers: the longest pause between polls while idle (s)
 
 
@@ -215,6 +218,9 @@ def _run_workers(
     except KeyboardInterrupt:
         _interrupt(procs, project, store)
         raise
+    except Terminated as exc:
+        _terminate(procs, project, store, exc)
+        raise
     if on_progress:
         on_progress(store.task_rows(), started)
     return [_death(p) for p in procs if p.returncode not in (0, 1)]  # 1: a stage failed
@@ -322,6 +328,7 @@ def _start(
         os.dup2(fd, 2)
         os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        termination.install()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         code = _child(project, ident, options)
     finally:
@@ -342,6 +349,9 @@ def _child(project: Project, ident: str, options: StageOptions) -> int:
     except KeyboardInterrupt:
         print("lauf-dvc: interrupted", file=sys.stderr, flush=True)
         return int(ExitCode.INTERRUPTED)
+    except Terminated as exc:
+        print(f"lauf-dvc: terminated ({exc.name})", file=sys.stderr, flush=True)
+        return exc.exit_code
     except BaseException:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)
@@ -374,7 +384,25 @@ def _interrupt(procs: list[_Proc], project: Project, store: Store) -> None:
     _fail_held(store, {p.ident for p in procs})
 
 
-def _fail_held(store: Store, idents: set[str]) -> None:
+def _terminate(procs: list[_Proc], project: Project, store: Store, exc: Terminated) -> None:
+    """SIGTERM/SIGHUP on ``repro``: pass it to every worker (each stops its command and
+    gives its stage back), wait for them, kill what is left after a grace period."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, exc.signum)
+    deadline = time.monotonic() + TERMINATE_GRACE
+    while (alive := [p for p in procs if p.poll() is None]) and time.monotonic() < deadline:
+        _wait_any(alive, 0.1)
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    kill_commands_of(project.lauf_dir / "commands", [p.pid for p in alive])
+    _fail_held(store, {p.ident for p in procs}, reason=f"terminated ({exc.name})")
+
+
+def _fail_held(store: Store, idents: set[str], *, reason: str = "interrupted") -> None:
     """Fail (reason "interrupted") what the stopped workers still hold, take them offline.
 
     After a second Ctrl-C that is the stage each killed worker ran; after the first, each
@@ -383,8 +411,10 @@ def _fail_held(store: Store, idents: set[str]) -> None:
     try:
         for worker in store.workers():
             if worker["id"] in idents:
-                if worker["task"] is not None:
-                    store.fail(worker["task"], worker["id"], reason="interrupted", budget=0)
+                if worker["task"] is not None and reason == "interrupted":
+                    store.fail(worker["task"], worker["id"], reason=reason, budget=0)
+                elif worker["task"] is not None:  # terminated: the next run takes it
+                    store.kill(worker["task"], worker["id"], reason=reason, budget=1)
                 store.worker_offline(worker["id"])
     except LaufError as exc:  # they will be reaped when their heartbeats expire
         print(f"lauf-dvc: could not record the interruption: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from lauf_dvc.errors import FailurePolicyStop, LaufError
 from lauf_dvc.faults import fault
 from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.worker import MAX_BACKOFF, Worker, default_identifier
+from lauf_dvc.termination import Terminated
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ def run_worker(
     except KeyboardInterrupt:
         worker.fail_current("interrupted")
         report.stopped = "interrupted"
+        raise
+    except Terminated as exc:  # scancel, preemption, timeout: another worker takes it now
+        worker.release_current(f"terminated ({exc.name}) in worker {ident}")
+        report.stopped = f"terminated ({exc.name})"
         raise
     finally:
         repolock.unregister_worker()

@@ -379,6 +379,15 @@ class Store(Database):
                 ignore=ignore,
             )
 
+    def kill(
+        self, task_id: str, worker: str, *, now: float | None = None, reason: str, budget: int
+    ) -> bool:
+        """``worker`` gives ``task_id`` up unfinished (it is being stopped): killed, and
+        pending again within ``budget`` killed retries."""
+        with self.write() as conn:
+            return txn.leave(conn, task_id, worker, S.KILLED, now=self._now(now),
+                             reason=reason, worker=worker, budget=budget)  # fmt: skip
+
     def completed_fingerprints(self) -> dict[str, str | None]:
         """``{task id: fingerprint it last completed with}`` for every completed task."""
         q = select(tasks.c.id, tasks.c.last_fingerprint).where(

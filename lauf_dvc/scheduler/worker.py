@@ -300,6 +300,15 @@ class Worker(Generic[T]):
             ignore=self.settings.failure_policy == "ignore",
         )
 
+    def release_current(self, reason: str) -> None:
+        """Give the task handed out last back (this worker is stopping: it is ``killed``,
+        and pending again at once within the killed-retry budget, for another worker)."""
+        if self._claimed is None:
+            return
+        claimed, self._claimed = self._claimed, None
+        self.store.kill(claimed.id, self.identifier, reason=reason,
+                        budget=self.settings.max_killed_retries)  # fmt: skip
+
     @property
     def current(self) -> Claimed | None:
         """The claim of the task handed out last, until it is completed or failed."""

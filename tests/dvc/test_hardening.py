@@ -3,11 +3,21 @@ Real repositories, real ``lauf-dvc`` processes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
 import pytest
-from pipelines import MARK, dvc_yaml, stage
+from pipelines import MARK, MARKS_ENV, SLEEP_ENV, dvc_yaml, stage
 from repro_helpers import lauf
 
 from lauf_dvc.errors import ExitCode
+from lauf_dvc.states import TaskState
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,3 +52,56 @@ def test_a_stage_no_worker_may_take_is_said_at_once_and_does_not_hang(dvc_repo) 
     res = lauf(root, "worker", "--labels", "gpu", sleep="0")
     assert res.code == 0, res.err
     assert set(res.ran) == {"g", "after"}
+
+
+def long_pipeline() -> dict[str, str]:
+    stages = {"slow": stage("out/slow.txt", "=slow"), "other": stage("out/other.txt", "=o"),
+              "after": stage("out/after.txt", "out/slow.txt")}  # fmt: skip
+    return {"mark.py": MARK, "dvc.yaml": dvc_yaml(stages)}
+
+
+def started(marks: Path, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` stage commands have started (their marker files exist)."""
+    deadline = time.monotonic() + timeout
+    while len(list(marks.iterdir())) < count:
+        assert time.monotonic() < deadline, "the stages never started"
+        time.sleep(0.05)
+
+
+def commands_left(root: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if "mark.py" in " ".join(proc.info["cmdline"]) and proc.info["cwd"] == str(root):
+                found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("command", [("worker",), ("repro", "-j", "2")], ids=["worker", "repro"])
+def test_sigterm_stops_the_command_and_gives_the_stage_back(dvc_repo, tmp_path, command):
+    """Issue 14, point 3: what `timeout`, `scancel` and preemption send first."""
+    root = dvc_repo(long_pipeline())
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, MARKS_ENV: str(marks), SLEEP_ENV: "60"}
+    proc = subprocess.Popen([sys.executable, "-m", "lauf_dvc", *command], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    started(marks, 1 if command[0] == "worker" else 2)
+    begin = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.TERMINATED, out + err
+    assert time.monotonic() - begin < 15  # not the heartbeat timeout (60 s)
+    assert "lauf-dvc: terminated (SIGTERM)" in err
+    assert not commands_left(root)
+    from lauf_dvc.scheduler.store import Store
+
+    store = Store(f"sqlite:///{root / '.dvc/tmp/lauf/lauf.sqlite'}")
+    rows = {r.id: r for r in store.task_rows()}
+    assert TaskState.RUNNING not in {r.state for r in rows.values()}
+    killed = [e for e in store.history("slow") if e.state == TaskState.KILLED]
+    assert killed and killed[-1].reason.startswith("terminated (SIGTERM)")
+    store.dispose()
+    res = lauf(root, "repro", "-j", "2", sleep="0")  # taken again at once, and finished
+    assert res.code == 0, res.err
+    assert {"slow", "after"} <= set(res.ran)

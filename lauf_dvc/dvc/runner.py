@@ -74,6 +74,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Outcome = Literal["ran", "restored", "skipped", "failed"]
+#: What a stage command never sees: stage commands are user code, and often log their
+#: environment; the database URL may hold a password.
+SECRET_ENV = frozenset({"LAUF_DVC_DB"})
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,8 @@ def _execute(job: _Job, prepared: _Prepared) -> int:
     stage = prepared.stage
     kwargs = prepare_kwargs(stage)  # cwd=wdir, env with DVC_ROOT and DVC_STAGE, close_fds
     kwargs["env"][DVC_STAGE] = job.address  # DVC's is relative to the cwd; ours to the root
+    for key in [k for k in kwargs["env"] if k in SECRET_ENV]:
+        del kwargs["env"][key]  # the scheduler's database URL (with its password) is ours
     executable = get_executable()
     _warn_if_fish(executable)
     output = job.output()

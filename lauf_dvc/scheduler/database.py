@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from sqlalchemy import insert, select, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from lauf_dvc.errors import SchemaVersionError, StoreError
@@ -17,6 +17,7 @@ from lauf_dvc.scheduler.engine import (
     READ_ONLY_HINT,
     make_engine,
     mask_url,
+    secrets,
     sqlite_lock_mode,
     sqlite_path,
 )
@@ -134,12 +135,8 @@ class Database:
             raise StoreError(self._message(_first_line(exc))) from exc
 
     def _message(self, detail: str, what: str = "database") -> str:
-        try:
-            password = make_url(self.url).password
-        except Exception:
-            password = None
-        if password:  # a driver may echo the connection string
-            detail = _scrub(detail, str(password))
+        for password in secrets(self.url):  # a driver may echo the connection string
+            detail = _scrub(detail, password)
         hint = _hint(detail, connecting=what != "database")
         return f"{what} {mask_url(self.url)}: {detail}{hint}"
 

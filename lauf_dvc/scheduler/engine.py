@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -41,11 +42,29 @@ _warned: set[str] = set()
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for logs and error messages."""
+    """The URL with any password replaced by ``***``: safe for logs and error messages.
+    Every form: ``user:PW@host``, and ``password=PW`` in the query string."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        text = make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL we can parse: still never print a password
-        return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+        text = re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    return re.sub(r"(?i)(\bpassword=)[^&\s]*", r"\1***", text)
+
+
+def secrets(url: str) -> list[str]:
+    """Every password ``url`` holds (user:PW@, ?password=PW), and ``PGPASSWORD``'s: what
+    no message may show."""
+    found = []
+    try:
+        u = make_url(url)
+        found += [str(u.password)] if u.password else []
+        value = u.query.get("password")
+        found += [value] if isinstance(value, str) else list(value or ())
+    except Exception:
+        pass
+    if os.environ.get("PGPASSWORD"):
+        found.append(os.environ["PGPASSWORD"])
+    return [s for s in found if s]
 
 
 def sqlite_path(url: str) -> Path | None:

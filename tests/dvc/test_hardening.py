@@ -105,3 +105,39 @@ def test_sigterm_stops_the_command_and_gives_the_stage_back(dvc_repo, tmp_path, 
     res = lauf(root, "repro", "-j", "2", sleep="0")  # taken again at once, and finished
     assert res.code == 0, res.err
     assert {"slow", "after"} <= set(res.ran)
+
+
+def test_no_stage_command_sees_the_database_password(dvc_repo, pg_server, monkeypatch) -> None:
+    """Issue 14, point 4, with a real PostgreSQL server: forked and spawned workers."""
+    import uuid
+
+    name, secret = f"t_{uuid.uuid4().hex[:12]}", "pw-" + uuid.uuid4().hex[:12]
+    pg_server.psql(f"CREATE ROLE {name} LOGIN PASSWORD '{secret}';")
+    pg_server.psql(f"CREATE DATABASE {name} OWNER {name};")
+    query = pg_server.get_uri().partition("?")[2]  # the server's socket directory
+    pg_url = f"postgresql+psycopg://{name}:{secret}@/{name}?{query}"
+    stages = {f"env{i}": {"cmd": f"env > env{i}.txt", "outs": [f"env{i}.txt"]} for i in range(2)}
+    for spawn in ("0", "1"):
+        root = dvc_repo({"dvc.yaml": dvc_yaml(stages)}, name=f"repo{spawn}")
+        monkeypatch.setenv("LAUF_DVC_SPAWN", spawn)
+        res = lauf(root, "--db", pg_url, "repro", "-j", "2")
+        assert res.code == 0, res.err
+        for i in range(2):
+            env = (root / f"env{i}.txt").read_text()
+            assert secret not in env and "LAUF_DVC_DB" not in env
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:hunter2secret@127.0.0.1:1/x",
+        "postgresql+psycopg://u@127.0.0.1:1/x?password=hunter2secret",
+    ],
+    ids=["userinfo", "query"],
+)
+def test_a_password_is_masked_in_every_form(dvc_repo, url) -> None:
+    root = dvc_repo({"dvc.yaml": dvc_yaml({"s": {"cmd": "true"}})})
+    res = lauf(root, "--db", url, "repro")
+    assert res.code == ExitCode.STORE, res.err
+    assert "hunter2secret" not in res.err + res.out
+    assert "***" in res.err

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _repro_options(w)
     w.add_argument("--labels", default="", help="comma-separated labels (e.g. gpu)")
     w.add_argument("--identifier", help="unique worker name (default host:pid:random)")
-    w.add_argument("--max-tasks", type=int, help="stop after running this many stages")
+    w.add_argument("--max-tasks", type=_count, help="stop after running this many stages")
     w.add_argument("--max-idle", type=float, metavar="SECONDS",
                    help="leave after waiting this long with nothing to claim while the "
                         "stages left wait for others (env LAUF_DVC_MAX_IDLE)")  # fmt: skip
@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--failed", action="store_true", help="every failed or killed stage")
 
     pr = sub.add_parser("prune", help="keep only the latest events of each stage")
-    pr.add_argument("--keep", type=int, default=20)
+    pr.add_argument("--keep", type=_count, default=20,
+                    help="events kept per stage (at least 1; default 20)")  # fmt: skip
 
     su = sub.add_parser("submit", help="write this repository's SLURM array job, sbatch it",
                         description="Write docs/slurm.md's array job script for this "
@@ -100,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="every plugin, where it comes from, its hooks")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1 (else a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def _repro_options(p: argparse.ArgumentParser) -> None:
@@ -379,7 +391,14 @@ def cmd_reset(args: argparse.Namespace) -> int:
     if not _recorded(project):
         print(NO_RUN_YET, file=sys.stderr)
         return ExitCode.OK
-    done = project.store().reset(None if args.failed else args.stages)
+    store = project.store()
+    known = {row.id for row in store.task_rows()}
+    unknown = [s for s in args.stages if s not in known]
+    if unknown:  # like `history nosuch`: bad input, not "nothing to do"
+        raise PipelineError(
+            f"no stage {unknown[0]!r} in the run recorded: check the name (lauf-dvc status)"
+        )
+    done = store.reset(None if args.failed else args.stages)
     print(f"reset {len(done)} stage(s) to pending" + (f": {', '.join(done)}" if done else ""))
     return ExitCode.OK
 

@@ -5,6 +5,7 @@ Everything here is read at call time, never at import time, and passed down expl
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ FAILURE_POLICIES = ("continue", "stop", "ignore")
 #: an NFS-safe lock file around every transaction), ``auto`` (flufl on a network
 #: filesystem, else wal).
 LOCK_MODES = ("auto", "wal", "flufl")
+MIN_HEARTBEAT_INTERVAL = 0.05  # seconds
+MAX_HEARTBEAT_TIMEOUT = 7 * 24 * 3600.0  # seconds
 
 
 def parse_bool(text: str) -> bool:
@@ -40,15 +43,25 @@ def parse_failure_policy(text: str) -> str:
     return text
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):  # nan, inf: every comparison below would lie
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def parse_positive_float(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if value <= 0:
         raise ValueError(f"expected a number > 0, got {text!r}")
     return value
 
 
 def parse_non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _finite(text)
     if value < 0:
         raise ValueError(f"expected a number >= 0, got {text!r}")
     return value
@@ -136,9 +149,23 @@ class SchedulerSettings:
                 f"failure_policy must be one of {', '.join(FAILURE_POLICIES)}, "
                 f"got {self.failure_policy!r}"
             )
-        if self.heartbeat_interval >= self.heartbeat_timeout:
+        for name in ("heartbeat_interval", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number of seconds, got {value}")
+        if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL:  # a thread polling in a loop
             raise ConfigError(
-                f"heartbeat_interval ({self.heartbeat_interval}) must be less than "
+                f"heartbeat_interval ({self.heartbeat_interval}) must be at least "
+                f"{MIN_HEARTBEAT_INTERVAL} s"
+            )
+        if self.heartbeat_timeout > MAX_HEARTBEAT_TIMEOUT:
+            raise ConfigError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be at most "
+                f"{MAX_HEARTBEAT_TIMEOUT:g} s (a week)"
+            )
+        if self.heartbeat_interval * 2 > self.heartbeat_timeout:  # one late beat is no death
+            raise ConfigError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be at most half of "
                 f"heartbeat_timeout ({self.heartbeat_timeout})"
             )
 

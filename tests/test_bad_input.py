@@ -194,6 +194,68 @@ def test_max_workers_above_one_on_a_dvc_stage(repo: Path) -> None:
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LAUF_DVC_HEARTBEAT_TIMEOUT": "nan"},
+            "environment variable LAUF_DVC_HEARTBEAT_TIMEOUT: expected a finite number, got 'nan'",
+        ),
+        (
+            {"LAUF_DVC_HEARTBEAT_TIMEOUT": "1e308"},
+            "heartbeat_timeout (1e+308) must be at most 604800 s (a week)",
+        ),
+        (
+            {"LAUF_DVC_HEARTBEAT_INTERVAL": "nan"},
+            "environment variable LAUF_DVC_HEARTBEAT_INTERVAL: expected a finite number, got 'nan'",
+        ),
+        (
+            {"LAUF_DVC_HEARTBEAT_INTERVAL": "1e-9"},
+            "heartbeat_interval (1e-09) must be at least 0.05 s",
+        ),
+        (
+            {"LAUF_DVC_HEARTBEAT_INTERVAL": "40"},
+            "heartbeat_interval (40.0) must be at most half of heartbeat_timeout (60.0)",
+        ),
+        (
+            {"LAUF_DVC_MAX_IDLE": "inf"},
+            "environment variable LAUF_DVC_MAX_IDLE: expected a finite number, got 'inf'",
+        ),
+    ],
+    ids=[
+        "timeout-nan",
+        "timeout-huge",
+        "interval-nan",
+        "interval-tiny",
+        "interval-close",
+        "max-idle-inf",
+    ],
+)
+def test_bad_numbers_are_one_line_exit_3(repo: Path, env, message) -> None:
+    """Issue 14, point 5: they crashed every worker (exit 70) or burnt a core."""
+    before = snapshot(repo)
+    commands = [("worker",)] if "MAX_IDLE" in next(iter(env)) else [*RUN_AND_JOIN, ("status",)]
+    for command in commands:
+        res = lauf(repo, *command, env=env)
+        assert (res.code, res.err_lines) == (ExitCode.CONFIG, [ERROR + message]), res.err
+        assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (("prune", "--keep", "0"), ExitCode.USAGE, "--keep: expected an integer >= 1, got '0'"),
+        (("worker", "--max-tasks", "-1"), ExitCode.USAGE, "--max-tasks: expected an integer >= 1"),
+        (("reset", "nosuch"), ExitCode.PIPELINE, "no stage 'nosuch' in the run recorded"),
+        (("history", "nosuch"), ExitCode.PIPELINE, "no history for stage 'nosuch'"),
+    ],
+)
+def test_bad_arguments_are_usage_or_unknown_stage_errors(repo: Path, args, code, words) -> None:
+    res = lauf(repo, *args)
+    assert res.code == code, res.err
+    assert words in res.err_lines[-1], res.err
+
+
 # -- the database ----------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ Real repositories, real ``lauf-dvc`` processes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -141,3 +142,23 @@ def test_a_password_is_masked_in_every_form(dvc_repo, url) -> None:
     assert res.code == ExitCode.STORE, res.err
     assert "hunter2secret" not in res.err + res.out
     assert "***" in res.err
+
+
+def test_a_frozen_stage_whose_output_is_missing_fails_as_under_dvc(dvc_repo, dvctools) -> None:
+    """Issue 14, point 8: it was `up to date`, and the stage after it failed instead."""
+    stages = {"source": {**stage("out/source.txt", "=s"), "frozen": True},
+              "use": stage("out/use.txt", "out/source.txt")}  # fmt: skip
+    root = dvc_repo({"mark.py": MARK, "dvc.yaml": dvc_yaml(stages)})
+    (root / "out").mkdir()
+    (root / "out" / "source.txt").write_text("given\n")
+    assert lauf(root, "repro", "-j", "2", sleep="0").code == 0  # verified and recorded
+    (root / "out" / "source.txt").unlink()
+    rows = {r["stage"]: r for r in json.loads(lauf(root, "status", "--json").out)}
+    assert rows["source"]["stale"], rows  # as `dvc status`: its output is deleted
+    assert dvctools.dvc_status(root)
+    res = lauf(root, "repro", "-j", "2", sleep="0")
+    assert res.code == ExitCode.STAGE_FAILED, res.out + res.err
+    assert "lauf-dvc: stage source failed" in res.err and "out/source.txt" in res.err
+    assert not res.ran  # `use` did not run on a missing input
+    with pytest.raises(Exception, match="failed to reproduce 'source'"):
+        dvctools.reproduce(root)

@@ -237,15 +237,28 @@ def print_status(rows: list[dict[str, Any]]) -> None:
 
 
 def print_history(stage: str, rows: list[dict[str, Any]]) -> None:
+    """A table; on a terminal the reasons wrap at word boundaries, elsewhere (a pipe, a
+    log) each event is one line, whole."""
+    cells = [
+        (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["state"],
+         r["worker"] or "", r["reason"] or "", _short_fingerprint(r["fingerprint"]))
+        for r in rows
+    ]  # fmt: skip
+    head = ("time", "state", "worker", "reason", "fingerprint")
+    if not console.is_terminal:
+        widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+        console.print(stage, markup=False)
+        for row in [head, *cells]:
+            line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+            console.print(line.rstrip(), markup=False)
+        return
     t = Table(title=stage, title_justify="left", box=None, pad_edge=False)
-    for col in ("time", "state", "worker"):
+    for col in head[:3]:
         t.add_column(col, no_wrap=True)
-    t.add_column("reason", ratio=1, overflow="fold")
+    t.add_column("reason", ratio=1)  # wrapped at word boundaries
     t.add_column("fingerprint", no_wrap=True)
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-        t.add_row(when, r["state"], r["worker"] or "", r["reason"] or "",
-                  _short_fingerprint(r["fingerprint"]))  # fmt: skip
+    for row in cells:
+        t.add_row(*row)
     console.print(t)
 
 

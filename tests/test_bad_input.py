@@ -547,3 +547,59 @@ def test_stage_command_not_found(repo: Path) -> None:
     worker = lauf(repo, "worker")  # a worker does not retry it: it failed for good
     assert worker.code == ExitCode.STAGE_FAILED
     assert worker.err_lines[-1].startswith("lauf-dvc: worker stopped: stopping")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+psycopg2://u:pw@h/db",
+            "database postgresql+psycopg2://u:***@h/db: the driver 'psycopg2' is not installed "
+            "with lauf-dvc; use postgresql+psycopg://... (psycopg 3)",
+        ),
+        (
+            "postgresql+asyncpg://h/db",
+            "database postgresql+asyncpg://h/db: the driver 'asyncpg' is not installed with "
+            "lauf-dvc; use postgresql+psycopg://... (psycopg 3)",
+        ),
+        (
+            "sqlite://",
+            "database sqlite:// is in memory: workers are separate processes and cannot share "
+            "it; use a file, sqlite:///path/to/lauf.sqlite",
+        ),
+        (
+            "sqlite:///:memory:",
+            "database sqlite:///:memory: is in memory: workers are separate processes and cannot "
+            "share it; use a file, sqlite:///path/to/lauf.sqlite",
+        ),
+    ],
+    ids=["psycopg2", "asyncpg", "memory", "memory-named"],
+)
+def test_database_urls_lauf_cannot_use(repo: Path, url, message) -> None:
+    """Issue 14, point 9: ModuleNotFoundError, or `no such table`, before."""
+    before = snapshot(repo)
+    res = lauf(repo, "--db", url, "repro", "-j", "2")
+    assert (res.code, res.err_lines) == (ExitCode.STORE, [ERROR + message]), res.err
+    assert snapshot(repo) == before
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", None], ids=["garbage", "truncated"])
+def test_a_damaged_sqlite_file_says_what_to_delete(repo: Path, content) -> None:
+    db = repo / DB
+    db.write_bytes(content if content is not None else db.read_bytes()[:5000])
+    res = lauf(repo, "status")
+    assert res.code == ExitCode.STORE, res.err
+    (line,) = res.err_lines
+    assert "it is not a lauf-dvc database, or it is damaged; delete it" in line, line
+    assert "check that the server is up" not in line
+
+
+def test_a_relative_sqlite_path_is_relative_to_the_repository_root(repo: Path) -> None:
+    """Issue 14, point 9: from a subfolder it made a second database."""
+    (repo / "sub").mkdir()
+    for where in (repo, repo / "sub"):
+        res = subprocess.run([sys.executable, "-m", "lauf_dvc", "--db", "sqlite:///rel.sqlite",
+                              "repro", "-P", "-j", "2"], cwd=where, capture_output=True, text=True,
+                             env=os.environ, timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    assert (repo / "rel.sqlite").exists() and not (repo / "sub" / "rel.sqlite").exists()

@@ -83,7 +83,14 @@ class Project:
 
     @property
     def db_url(self) -> str:
-        return self.settings.db or f"sqlite:///{self.lauf_dir / 'lauf.sqlite'}"
+        """The database URL; a relative SQLite path is relative to the repository root
+        (as targets are not: every worker of the run, wherever started, must agree)."""
+        url = self.settings.db or f"sqlite:///{self.lauf_dir / 'lauf.sqlite'}"
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rest = url.removeprefix("sqlite:///")
+            if rest and not rest.startswith(":memory:"):
+                return f"sqlite:///{self.root / rest}"
+        return url
 
     def has_database(self) -> bool:
         """False only for a SQLite database file that does not exist yet."""

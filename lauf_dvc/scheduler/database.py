@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from lauf_dvc.errors import SchemaVersionError, StoreError
 from lauf_dvc.scheduler.engine import (
     READ_ONLY_HINT,
+    checked_url,
     make_engine,
     mask_url,
     secrets,
@@ -41,7 +42,7 @@ class Database:
     """
 
     def __init__(self, url: str, *, engine: Engine | None = None, lock: str = "auto") -> None:
-        self.url = url
+        self.url = url if engine is not None else checked_url(url)
         self.lock = lock
         self._engine = engine
         self._schema_checked = False
@@ -181,6 +182,11 @@ class Database:
         return False
 
 
+#: What to do when a SQLite file is not a database (garbage, truncated, damaged).
+DAMAGED_HINT = (
+    ": it is not a lauf-dvc database, or it is damaged; delete it while no worker runs "
+    "(only the run history is lost: DVC's dvc.lock and cache are apart) and run again"
+)
 #: What to do when a server cannot be reached (READ_ONLY_HINT: when a file cannot be written).
 UNREACHABLE_HINT = (
     "; check that the server is up and the URL is right (--db, LAUF_DVC_DB or vars lauf.db)"
@@ -189,6 +195,8 @@ UNREACHABLE_HINT = (
 
 def _hint(detail: str, *, connecting: bool) -> str:
     low = detail.lower()
+    if "file is not a database" in low or "malformed" in low:
+        return DAMAGED_HINT
     if "readonly" in low or "read-only" in low or "unable to open database file" in low:
         return READ_ONLY_HINT
     return UNREACHABLE_HINT if connecting else ""

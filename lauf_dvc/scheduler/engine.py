@@ -83,6 +83,30 @@ def make_dir(directory: Path, what: str) -> None:
         raise StoreError(f"{what}: cannot create {directory}: {exc.strerror}") from None
 
 
+def checked_url(url: str) -> str:
+    """``url`` as lauf-dvc uses it, or one line saying why it cannot be.
+
+    A plain ``postgresql://`` means the driver lauf-dvc installs (psycopg 3; SQLAlchemy's
+    own default, psycopg2, is not installed); another driver is refused by name. A SQLite
+    database in memory is refused: workers are processes, which cannot share one."""
+    u = _parse(url)
+    backend = u.get_backend_name()
+    if backend == "postgresql":
+        if "+" not in u.drivername:
+            return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        if u.get_driver_name() != "psycopg":
+            raise StoreError(
+                f"database {mask_url(url)}: the driver {u.get_driver_name()!r} is not "
+                "installed with lauf-dvc; use postgresql+psycopg://... (psycopg 3)"
+            )
+    if backend == "sqlite" and sqlite_path(url) is None:
+        raise StoreError(
+            f"database {url} is in memory: workers are separate processes and "
+            "cannot share it; use a file, sqlite:///path/to/lauf.sqlite"
+        )
+    return url
+
+
 def _parse(url: str) -> URL:
     try:
         return make_url(url)

@@ -132,10 +132,8 @@ def failed_line(failed: list[TaskRow]) -> str:
         r = failed[0]
         code = r.info.get("exit_code")
         todo = "then" if code in EXIT_HINTS else "see its log above, fix it, then"
-        return (
-            f"lauf-dvc: stage {r.id} failed: {failure_text(r.reason, code)}; {todo} run "
-            "`lauf-dvc repro` again"
-        )
+        why = failure_text(r.reason, code).rstrip(".")
+        return f"lauf-dvc: stage {r.id} failed: {why}; {todo} run `lauf-dvc repro` again"
     shown = ", ".join(f"{r.id} ({r.reason or 'failed'})" for r in failed[:3])
     more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
     return (

@@ -603,3 +603,28 @@ def test_a_relative_sqlite_path_is_relative_to_the_repository_root(repo: Path) -
                              env=os.environ, timeout=120)  # fmt: skip
         assert res.returncode == 0, res.stderr
     assert (repo / "rel.sqlite").exists() and not (repo / "sub" / "rel.sqlite").exists()
+
+
+def test_a_missing_parameter_is_said_up_front_and_once(repo: Path) -> None:
+    """Issue 14, point 9: the reason was doubled (`lauf-dvc: stage s failed: lauf-dvc:
+    stage 's' failed: ...`) and nothing said it before the run."""
+    (repo / "params.yaml").write_text("present: 1\n")
+    outs = "      - out/model.txt\n"
+    edit(repo, "dvc.yaml", lambda t: t.replace(outs, outs + "    params: [nokey]\n"))
+    res = lauf(repo, "repro", "-j", "2")
+    assert res.code == ExitCode.STAGE_FAILED, res.err
+    assert res.err_lines == [
+        "lauf-dvc: warning: stage 'train': parameter 'nokey' is not in params.yaml: the stage "
+        "will fail; add it there or fix the stage's params",
+        "lauf-dvc: stage train failed: Parameters 'nokey' are missing from 'params.yaml'; see "
+        "its log above, fix it, then run `lauf-dvc repro` again",
+    ], res.err
+
+
+def test_status_of_a_never_run_stage_names_its_missing_dependency(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "fresh", FILES)
+    (root / "data" / "raw.txt").unlink()
+    res = lauf(root, "status", "--json")
+    assert res.code == 0, res.err
+    reason = json.loads(res.out)[0]["reason"]
+    assert reason.startswith("never run") and "data/raw.txt deleted" in reason, reason

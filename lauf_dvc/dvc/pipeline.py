@@ -204,12 +204,55 @@ def missing_inputs(root: str | Path, stages: Sequence[StageInfo]) -> list[str]:
                 and not any(_overlaps(dep, out) for out in outs)
             ):
                 missing.setdefault(stage.address, []).append(dep)
-    return [
+    lines = [
         f"stage {address!r}: dependency {deps[0]!r} does not exist and no stage produces "
         f"it{f' (and {len(deps) - 1} more)' if len(deps) > 1 else ''}: the stage will "
         "fail; restore it (git checkout, dvc pull, --pull) or fix its deps"
         for address, deps in missing.items()
     ]
+    return lines + _missing_params(Path(root), stages, outs)
+
+
+def _missing_params(root: Path, stages: Sequence[StageInfo], outs: list[str]) -> list[str]:
+    """A warning per stage whose ``params`` name a key its params file lacks (DVC:
+    "Parameters ... are missing" when the stage runs). Files a stage produces, or that
+    do not parse, are left to DVC."""
+    from dvc.fs import LocalFileSystem
+    from dvc.utils.serialize import load_path
+
+    fs = LocalFileSystem()
+    loaded: dict[str, Any] = {}
+    lines = []
+    for stage in stages:
+        if stage.frozen or not stage.is_pipeline:
+            continue
+        for entry in stage.params:
+            path, _, key = entry.partition(":")
+            if not key or any(_overlaps(path, out) for out in outs):
+                continue
+            if path not in loaded:
+                try:
+                    loaded[path] = load_path(str(root / path), fs)
+                except Exception:  # missing file (a dependency warning), or unparsable
+                    loaded[path] = None
+            if loaded[path] is not None and not _has_key(loaded[path], key):
+                lines.append(
+                    f"stage {stage.address!r}: parameter {key!r} is not in {path}: the stage "
+                    "will fail; add it there or fix the stage's params"
+                )
+                break
+    return lines
+
+
+def _has_key(values: Any, key: str) -> bool:
+    for part in key.split("."):
+        if isinstance(values, dict) and part in values:
+            values = values[part]
+        elif isinstance(values, list) and part.isdigit() and int(part) < len(values):
+            values = values[int(part)]
+        else:
+            return False
+    return True
 
 
 def _overlaps(a: str, b: str) -> bool:

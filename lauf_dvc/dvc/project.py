@@ -407,8 +407,9 @@ def _verdict(address: str, stage: Any) -> StageVerdict:
     # a frozen stage too: DVC checks its outputs (a missing one is a change)
     status = _status_unlocked(stage).get(stage.addressing, [])
     reasons: tuple[str, ...] = ()
-    if status and not _has_lock_entry(stage):
-        reasons = ("never run",)
+    if status and not _has_lock_entry(stage):  # and what will make it fail, if anything
+        gone = tuple(r for r in explain(status) if r.endswith(" deleted"))
+        reasons = ("never run", *gone)
     elif status:
         reasons = _with_param_values(stage, explain(status))
     return StageVerdict(address, bool(status), reasons)

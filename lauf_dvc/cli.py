@@ -255,8 +255,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
     finally:
         view.close()
     print_summary(result, needs)
-    if result.crashed:
-        return ExitCode.WORKER_CRASHED
+    if result.crashed:  # all of a full disk, say: the system's error, not a bug
+        io = all(code == ExitCode.OS_ERROR for code in result.worker_codes)
+        return ExitCode.OS_ERROR if io else ExitCode.WORKER_CRASHED
     if result.failed:
         return ExitCode.STAGE_FAILED
     return ExitCode.NO_WORKER if result.left else ExitCode.OK

@@ -51,6 +51,12 @@ class StoreError(LaufError):
     exit_code = ExitCode.STORE
 
 
+class StorageFull(StoreError):
+    """The disk holding the database is full: an I/O error (74), not a bad database."""
+
+    exit_code = ExitCode.OS_ERROR
+
+
 class SchemaVersionError(StoreError):
     """The database was created by another lauf-dvc schema version."""
 

@@ -60,6 +60,7 @@ class ReproResult:
     cut_off: list[str] = field(default_factory=list)  # of those, found up to date now
     ignored: list[str] = field(default_factory=list)  # failed, counted done (--ignore-errors)
     worker_errors: list[str] = field(default_factory=list)
+    worker_codes: list[int] = field(default_factory=list)  # exit codes of those workers
     elapsed: float = 0.0
 
     @property
@@ -139,11 +140,13 @@ def repro(
         if opts.pull and opts.run_cache:
             pull_run_cache(project.root)
         workers = max(1, min(jobs, at_once(todo)))  # more could never all have work
-        result.worker_errors = _run_workers(
+        deaths = _run_workers(
             project, store, jobs=workers, options=opts, overrides=overrides or {},
             on_progress=on_progress, started=started,
             fork=fork_allowed() if fork is None else fork,
         )  # fmt: skip
+        result.worker_codes = [code for code, _ in deaths]
+        result.worker_errors = [line for _, line in deaths]
     result.rows = store.task_rows()
     result.reproduced = store.reproduced_since(started)
     result.elapsed = time.time() - started
@@ -198,7 +201,8 @@ def _run_workers(
     on_progress: Callable[[list[TaskRow], float], None] | None,
     started: float,
     fork: bool,
-) -> list[str]:
+) -> list[tuple[int, str]]:
+    """Start the workers, follow them; ``(exit code, one line)`` of each that died."""
     logs = project.lauf_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     store.dispose()  # no pooled connection may cross a fork (SQLite forbids it)
@@ -223,7 +227,8 @@ def _run_workers(
         raise
     if on_progress:
         on_progress(store.task_rows(), started)
-    return [_death(p) for p in procs if p.returncode not in (0, 1)]  # 1: a stage failed
+    # 1: a stage failed; 10: stages were left that no worker may take (both reported apart)
+    return [(p.returncode or 0, _death(p)) for p in procs if p.returncode not in (0, 1, 10)]
 
 
 def _wait_any(procs: list[_Proc], timeout: float) -> None:
@@ -356,8 +361,9 @@ def _child(project: Project, ident: str, options: StageOptions) -> int:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # a full disk under the log: keep the exit code
+            sys.stdout.flush()
+            sys.stderr.flush()
     if report.stopped:
         print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr, flush=True)
     return int(ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK)

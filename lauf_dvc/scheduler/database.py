@@ -12,7 +12,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from lauf_dvc.errors import SchemaVersionError, StoreError
+from lauf_dvc.errors import SchemaVersionError, StorageFull, StoreError
 from lauf_dvc.scheduler.engine import (
     READ_ONLY_HINT,
     checked_url,
@@ -131,7 +131,9 @@ class Database:
         try:
             yield
         except DBAPIError as exc:
-            raise StoreError(self._message(_first_line(exc.orig))) from exc
+            detail = _first_line(exc.orig)
+            kind = StorageFull if "disk is full" in detail.lower() else StoreError
+            raise kind(self._message(detail)) from exc
         except SQLAlchemyError as exc:
             raise StoreError(self._message(_first_line(exc))) from exc
 
@@ -197,6 +199,8 @@ def _hint(detail: str, *, connecting: bool) -> str:
     low = detail.lower()
     if "file is not a database" in low or "malformed" in low:
         return DAMAGED_HINT
+    if "disk is full" in low:
+        return "; free space on its disk (nothing was lost: the stage runs again)"
     if "readonly" in low or "read-only" in low or "unable to open database file" in low:
         return READ_ONLY_HINT
     return UNREACHABLE_HINT if connecting else ""

@@ -187,6 +187,14 @@ class Store(Database):
             )
             return res.rowcount == 1
 
+    def alive_on(self, host: str) -> list[tuple[str, int, float]]:
+        """``(id, pid, started)`` of the workers registered alive on ``host``."""
+        q = select(workers.c.id, workers.c.pid, workers.c.started).where(
+            workers.c.state == "alive", workers.c.host == host
+        )
+        with self.read() as conn:
+            return [tuple(r) for r in conn.execute(q)]
+
     def alive_workers(self, *, now: float | None = None) -> int:
         """How many workers are alive (registered, heartbeat not expired)."""
         now = at(self._now(now))
@@ -222,14 +230,23 @@ class Store(Database):
             )
 
     def reap(
-        self, *, now: float | None = None, reaper: str | None, max_killed_retries: int
+        self,
+        *,
+        now: float | None = None,
+        reaper: str | None,
+        max_killed_retries: int,
+        dead: Sequence[str] = (),
     ) -> list[str]:
-        """Declare workers whose heartbeat expired dead; their running tasks become killed.
+        """Declare workers whose heartbeat expired dead, and those in ``dead`` (known dead
+        another way: their process is gone); their running tasks become killed.
 
         Killed tasks within ``max_killed_retries`` go back to pending. Returns the killed ids.
         """
         now = at(self._now(now))
-        expired = select(workers.c.id).where(workers.c.state == "alive", workers.c.expires < now)
+        expired = select(workers.c.id).where(
+            workers.c.state == "alive",
+            (workers.c.expires < now) | workers.c.id.in_(list(dead)),
+        )
         with self.read() as conn:  # cheap and indexed: most calls find nothing
             if conn.execute(expired.limit(1)).first() is None:
                 return []

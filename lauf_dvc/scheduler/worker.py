@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import psutil
+
 from lauf_dvc.config import SchedulerSettings
 from lauf_dvc.errors import ConfigError, FailurePolicyStop, LaufError
 from lauf_dvc.scheduler.locks import LockSet
@@ -39,6 +41,9 @@ MAX_BACKOFF = 0.2
 #: most; cluster stages take minutes), 16 or fewer on PostgreSQL are never slowed.
 #: None: no limit (SQLite in WAL mode on a local disk: a poll is a 0.1 ms read).
 IDLE_POLL_BUDGET: dict[str, float | None] = {"wal": None, "flufl": 20.0, "postgresql": 500.0}
+#: Seconds a process may seem to start after it registered (clock granularity, a
+#: database clock that is another host's): later, its pid belongs to another process.
+PID_CLOCK_SLACK = 5.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ class Worker(Generic[T]):
             labels=requirements_key(self.labels),
             timeout=self.settings.heartbeat_timeout,
         )
-        self.reap()
+        self.reap(local=True)
         self.sync()
         invalidated = self.check_fingerprints() if self.settings.enable_fingerprints else []
         self.count_alive()
@@ -169,11 +174,22 @@ class Worker(Generic[T]):
         finally:
             self.store.dispose()
 
-    def reap(self) -> list[str]:
+    def reap(self, *, local: bool = False) -> list[str]:
+        """Reap the dead: heartbeats expired, and with ``local`` also the workers of this
+        host whose process is gone (a worker that died of a full disk could not say so;
+        its stages need not wait for its heartbeat to expire)."""
         return self.store.reap(
             reaper=self.identifier,
             max_killed_retries=self.settings.max_killed_retries,
+            dead=self._gone_here() if local else (),
         )
+
+    def _gone_here(self) -> list[str]:
+        gone = []
+        for ident, pid, started in self.store.alive_on(socket.gethostname()):
+            if ident != self.identifier and not _process_alive(pid, started):
+                gone.append(ident)
+        return gone
 
     # -- fingerprints --------------------------------------------------------------------
 
@@ -375,6 +391,18 @@ class Worker(Generic[T]):
             failed = self.store.failed()
             if failed:
                 raise FailurePolicyStop(failed)
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    """Is ``pid`` (on this host) the process that registered at ``started``? A pid reused
+    by a later process is not; one we may not inspect counts as alive."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    return created <= started + PID_CLOCK_SLACK
 
 
 class _Heartbeat(threading.Thread):

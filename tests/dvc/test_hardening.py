@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,3 +163,40 @@ def test_a_frozen_stage_whose_output_is_missing_fails_as_under_dvc(dvc_repo, dvc
     assert not res.ran  # `use` did not run on a missing input
     with pytest.raises(Exception, match="failed to reproduce 'source'"):
         dvctools.reproduce(root)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB filesystem (tmpfs: needs root, as CI runs; elsewhere this fails loudly
+    rather than skip, so the full-disk case is never silently untested)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert mounted.returncode == 0, f"cannot mount a 3 MiB tmpfs: {mounted.stderr.strip()}"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_one_line_exit_74_and_the_next_run_goes_on_at_once(small_disk):
+    """Issue 14, point 6: workers exited 5, repro reported "0 failed" and the stages
+    stayed running until the dead workers' heartbeats expired."""
+    from conftest import init_repo
+
+    big = {"a": {"cmd": "head -c 1200000 /dev/urandom > a.bin", "outs": ["a.bin"]},
+           "b": {"cmd": "head -c 1200000 /dev/urandom > b.bin", "outs": ["b.bin"]}}  # fmt: skip
+    root = init_repo(small_disk / "repo", {"dvc.yaml": dvc_yaml(big)})
+    res = lauf(root, "repro", "-j", "2")
+    assert res.code == ExitCode.OS_ERROR, res.out + res.err
+    (line,) = res.err.strip().splitlines()
+    assert "database or disk is full; free space on its disk" in line, line
+    for name in ("a.bin", "b.bin"):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+    (root / "dvc.yaml").write_text(dvc_yaml(big).replace("1200000", "1000"))
+    begin = time.monotonic()
+    res = lauf(root, "repro", "-j", "2")  # the dead workers' stages: reaped at once
+    assert res.code == 0, res.out + res.err
+    assert time.monotonic() - begin < 30  # not the 60 s heartbeat timeout

@@ -131,13 +131,18 @@ def program() -> tuple[str | None, str]:
 
 
 def job_environment(
-    settings: ProjectSettings, from_yaml: ProjectSettings, lock: str | None, notes: list[str]
+    settings: ProjectSettings,
+    from_yaml: ProjectSettings,
+    db_url: str,
+    lock: str | None,
+    notes: list[str],
 ) -> tuple[tuple[str, str], ...]:
-    """What the script exports: the database if it was given outside dvc.yaml (which the
-    workers read themselves), without its password; and a SQLite database's lock mode."""
+    """What the script exports: the database (``db_url``, as the project resolved it) if
+    it was given outside dvc.yaml (which the workers read themselves), without its
+    password; and a SQLite database's lock mode."""
     env: list[tuple[str, str]] = []
     if settings.db and settings.db != from_yaml.db:
-        url = make_url(settings.db)
+        url = make_url(db_url)
         if url.password:
             notes.append(
                 "the database password is not written into the job script: "
@@ -167,7 +172,7 @@ def plan_job(
     notes: list[str] = []
     from_yaml = ProjectSettings.resolve(None, read_lauf_vars(project.root), environ={})
     lock = sqlite_lock_mode(project.db_url, project.settings.lock)
-    env = job_environment(project.settings, from_yaml, lock, notes)
+    env = job_environment(project.settings, from_yaml, project.db_url, lock, notes)
     if network_filesystem(project.root) is None:
         notes.append(
             f"{project.root} is on a local filesystem: only array tasks on this "

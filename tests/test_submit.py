@@ -153,6 +153,14 @@ def test_a_database_url_goes_into_the_script_without_its_password(repo: Path) ->
     assert "s3cret" not in res.out + res.err and "~/.pgpass" in res.err
 
 
+def test_a_relative_sqlite_database_is_exported_as_the_workers_resolve_it(repo: Path) -> None:
+    res = lauf(repo / "sub", "--db", "sqlite:///state/lauf.sqlite", "submit", "--workers", "2",
+               "--print")  # fmt: skip
+    assert res.code == 0, res.err
+    assert f"export LAUF_DVC_DB=sqlite:///{repo}/state/lauf.sqlite\n" in res.out
+    assert f"cd {repo / 'sub'}\n" in res.out  # targets stay relative to where submit ran
+
+
 def test_a_lock_mode_recorded_in_the_database_is_the_one_exported(repo: Path) -> None:
     assert lauf(repo, "repro", "-P", env={"LAUF_DVC_LOCK": "flufl"}).code == 0
     res = lauf(repo, "submit", "--workers", "2", "--print")  # lock: auto follows the file

@@ -146,12 +146,12 @@ def _repro_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("repro", "worker"):
-        termination.install()
     level = logging.DEBUG if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    _tame_dvc_logging(level)
-    try:
+    try:  # from install() on, a SIGTERM may arrive during any import
+        if args.command in ("repro", "worker"):
+            termination.install()
+        _tame_dvc_logging(level)
         return int(COMMANDS[args.command](args))
     except LaufError as exc:
         print(f"lauf-dvc: error: {exc}", file=sys.stderr)

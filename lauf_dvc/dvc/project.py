@@ -323,7 +323,11 @@ def stage_verdicts(
             if name == "dvc":
                 ask_dvc.add(a)
                 continue
-            fp = hooks.fingerprint(stage, ctx, name)
+            try:
+                fp = hooks.fingerprint(stage, ctx, name)
+            except (FileNotFoundError, NotADirectoryError) as exc:  # see _vanished
+                verdicts[a] = _vanished(a, exc)
+                continue
             current[a] = fp.to_json()
             row = rows.get(a)
             stored = row.last_fingerprint if row is not None else None
@@ -393,26 +397,47 @@ def _verdicts_locked(
         # one pass over the index (each dvc.yaml parsed once), not one load per stage;
         # each params file parsed once, not once per stage naming it
         by_address = {address_of(repo, s): s for s in repo.index.stages}
+        made = {str(o) for s in by_address.values() for o in s.outs}  # by some stage
         with params_files_read_once():
             for info in stages:
                 if only is not None and info.address not in only:
                     continue
-                out[info.address] = _verdict(info.address, by_address[info.address])
+                out[info.address] = _verdict(info.address, by_address[info.address], made)
     except DvcException as exc:
         raise PipelineError(_one_line(exc)) from None
     return out
 
 
-def _verdict(address: str, stage: Any) -> StageVerdict:
+def _verdict(address: str, stage: Any, made: set[str]) -> StageVerdict:
     # a frozen stage too: DVC checks its outputs (a missing one is a change)
-    status = _status_unlocked(stage).get(stage.addressing, [])
+    try:
+        status = _status_unlocked(stage).get(stage.addressing, [])
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        return _vanished(address, exc)
     reasons: tuple[str, ...] = ()
     if status and not _has_lock_entry(stage):  # and what will make it fail, if anything
-        gone = tuple(r for r in explain(status) if r.endswith(" deleted"))
+        # a missing dependency that no stage makes: not its own outputs, nor an upstream
+        # stage's (not made yet either)
+        gone = tuple(
+            f"dependency {path} deleted"
+            for entry in status
+            if isinstance(entry, dict)
+            for path, what in entry.get("changed deps", {}).items()
+            if what == "deleted" and path not in made
+        )
         reasons = ("never run", *gone)
     elif status:
         reasons = _with_param_values(stage, explain(status))
     return StageVerdict(address, bool(status), reasons)
+
+
+def _vanished(address: str, exc: OSError) -> StageVerdict:
+    """A file that vanished while it was hashed: a running stage is rewriting it (its
+    own outputs, or an upstream stage's that it depends on). That is a change, never an
+    error: a worker joining a running pipeline must not die of it (issue 13). The stage
+    reads as stale; one that is running is left alone by :func:`sync` anyway."""
+    path = exc.filename or str(exc)
+    return StageVerdict(address, True, (f"{path} changed while it was read",))
 
 
 def _status_unlocked(stage: Any) -> dict[str, Any]:

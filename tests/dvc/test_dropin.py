@@ -96,7 +96,7 @@ def assert_same(a: Path, b: Path, dvctools: SimpleNamespace, *, clean: bool = Tr
 def template(tmp_path_factory):
     """FILES (``data.txt`` and ``data/dir`` dvc-added), reproduced: made once, copied by
     every test (a fresh git + DVC repository per test costs more than its test)."""
-    from conftest import DVC_ENV, init_repo, reproduce
+    from dvc_repos import DVC_ENV, init_repo, reproduce
 
     base = tmp_path_factory.mktemp("dropin-template")
     with pytest.MonkeyPatch.context() as mp:

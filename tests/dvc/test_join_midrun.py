@@ -72,14 +72,6 @@ stages:
 """
 
 
-# The fix belongs in lauf_dvc/dvc/project.py (_verdict: a file that vanishes while DVC
-# hashes it is a change, not an error), which another change is rewriting right now; it
-# lands with that change, and then this marker goes (strict: the test fails once fixed).
-@pytest.mark.xfail(
-    strict=True,
-    reason="a joining worker exits 74 on a vanished output "
-    "(fix pending in lauf_dvc/dvc/project.py)",
-)
 @pytest.mark.timeout(240)
 def test_workers_joining_while_a_stage_rewrites_its_outputs_never_crash(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo", {"dvc.yaml": DVC_YAML, "churn.py": CHURN})

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# tests/cluster starts SLURM's daemons as root: collected only by `make test-cluster`
+# (which sets this), not skipped by the dozen in every `make test`.
+collect_ignore = [] if os.environ.get("LAUF_DVC_TEST_CLUSTER") == "1" else ["cluster"]
 
 
 @pytest.fixture(scope="session", autouse=True)

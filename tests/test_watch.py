@@ -117,13 +117,16 @@ def test_estimate_is_the_pace_since_the_workers_started() -> None:
     now = [100.0]
     view = ProgressView(total=4, clock=lambda: now[0])
     done_before = row("a", S.COMPLETED, 90.0)  # found up to date before: not our pace
-    view._first, view._final_before = now[0], {"a"}
+    view.update([done_before, row("b", S.PENDING, 90), row("c", S.PENDING, 90),
+                 row("d", S.PENDING, 90)], started=95.0)  # fmt: skip
+    assert view.estimate(todo=3, now=now[0]) is None  # none finished since: no pace yet
     now[0] = 110.0
-    rows = [done_before, row("b", S.COMPLETED, 105), row("c", S.RUNNING, 105),
-            row("d", S.PENDING, 100)]  # fmt: skip
-    assert view.estimate(rows, todo=2, now=now[0]) == pytest.approx(20.0)  # 10 s per stage
-    assert view.progress_text(rows, started=95.0) == "2/4 done, 0 failed, 15.0s, ~20.0s left"
-    assert view.estimate([done_before, *rows[2:]], todo=2, now=now[0]) is None  # none yet
+    view.update([row("b", S.COMPLETED, 105), row("c", S.RUNNING, 105)], started=95.0)
+    assert view.estimate(todo=2, now=now[0]) == pytest.approx(20.0)  # 10 s per stage
+    assert view.progress_text(started=95.0) == "2/4 done, 0 failed, 15.0s, ~20.0s left"
+    # the counts follow the changes: b invalidated again, c failed
+    view.update([row("b", S.INVALIDATED, 111), row("c", S.FAILED, 111)], started=95.0)
+    assert view.progress_text(started=95.0) == "1/4 done, 1 failed, 15.0s, ~20.0s left"
 
 
 def test_read_only_commands_create_no_database(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from lauf_dvc.termination import Terminated
 
 S = TaskState
 POLL = 0.2
+FULL_READ_EVERY = 25  # polls (5 s): see _follow
 TERMINATE_GRACE = 15.0  # seconds workers have to stop their commands (they give them 5)
 LOCAL_BACKOFF = 0.05  # local workers: the longest pause between polls while idle (s)
 
@@ -215,9 +216,12 @@ def _run_workers(
                                     log_path=log_path, fork=fork))  # fmt: skip
         # poll every process each time round: a dead worker must be reaped at once, as
         # while it is a zombie its pid still holds DVC's path locks (dvc/rwlock.py)
+        cursor, polls = -1, 0  # the first read: every row; then only those that changed
         while running := [p for p in procs if p.poll() is None]:
             if on_progress:
-                on_progress(store.task_rows(), started)
+                full = polls % FULL_READ_EVERY == 0
+                cursor = _follow(store, -1 if full else cursor, on_progress, started)
+                polls += 1
             _wait_any(running, POLL)
     except KeyboardInterrupt:
         _interrupt(procs, project, store)
@@ -226,9 +230,27 @@ def _run_workers(
         _terminate(procs, project, store, exc)
         raise
     if on_progress:
-        on_progress(store.task_rows(), started)
+        _follow(store, cursor, on_progress, started)
     # 1: a stage failed; 10: stages were left that no worker may take (both reported apart)
     return [(p.returncode or 0, _death(p)) for p in procs if p.returncode not in (0, 1, 10)]
+
+
+def _follow(
+    store: Store, cursor: int, on_progress: Callable[[list[TaskRow], float], None], started: float
+) -> int:
+    """Tell ``on_progress`` the rows that changed after event ``cursor`` (-1: all).
+
+    On PostgreSQL a transaction may commit after one that took a later event id, so a
+    cursor can step over a change: every :data:`FULL_READ_EVERY` polls all rows are read
+    again, which catches it (seconds late, on the display only; the summary reads all)."""
+    if cursor < 0:
+        rows = store.task_rows()
+        cursor = max((r.event_id for r in rows), default=0)
+    else:
+        rows, cursor = store.changed_rows(cursor)
+    if rows:
+        on_progress(rows, started)
+    return cursor
 
 
 def _wait_any(procs: list[_Proc], timeout: float) -> None:

@@ -39,6 +39,7 @@ _COMMENT_OR_TAB = re.compile(r"^[ \t]*#|^ *\t", re.MULTILINE)
 _KEY_LINE = re.compile(r"^  [^ ?:\n-][^\n]*:$", re.MULTILINE)  # an entry's first line
 _ANY_KEY = re.compile(r"^  [^ \n]", re.MULTILINE)  # where an entry (or stages:) ends
 _TOP_KEY = re.compile(r"^[^ \n]", re.MULTILINE)  # where stages: ends
+_QUOTED_KEY = re.compile(r"^  [\"']", re.MULTILINE)  # an entry key DVC had to quote
 
 
 def dump_entry(stage: PipelineStage) -> bool:
@@ -87,8 +88,13 @@ def splice(text: str, name: str, entry: dict[str, Any]) -> tuple[str, bool] | No
     try:
         old_start = _find_line(text, key_line, start, end)
         if old_start < 0:
-            if name in _existing_keys(text[start:end]):
-                return None  # the entry is there, spelled differently: let DVC do it
+            # The entry may still be there, spelled differently (quoted): DVC's dumper
+            # writes a name the same way each time, so only a quoted key line can be it.
+            # Checked by a scan for one, not by parsing every key: a new entry must not
+            # cost the whole file (every stage of a first run is a new entry).
+            quoted = _QUOTED_KEY.search(text, start, end) is not None
+            if quoted and name in _existing_keys(text[start:end]):
+                return None  # let DVC do it
             return text[:end] + block + text[end:], True
         next_key = _ANY_KEY.search(text, old_start + 1, end)
         old_end = next_key.start() if next_key else end

@@ -45,7 +45,15 @@ test-cluster: venv
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-bench: venv
+# Snakemake for bench/peers.py, in a venv of its own (it is no dependency of lauf-dvc).
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet 'snakemake>=9,<10'
+	touch $@
+
+bench: venv $(PEERS_VENV)/.installed
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/scheduler.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/fingerprint.py
@@ -57,4 +65,4 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DVC_VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DVC_VENV) $(PEERS_VENV) .cache .pytest_cache .ruff_cache

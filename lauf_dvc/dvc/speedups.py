@@ -198,7 +198,7 @@ class _YamlCache:
         if len(self.files) > 256:
             self.files.clear()
         self.files[key] = (text, _copy(data))
-        return _copy(data), text
+        return data, text
 
     def _lockfile(self, text: str, schema: Any) -> dict[str, Any] | None:
         from dvc.schema import COMPILED_LOCKFILE_SCHEMA
@@ -224,84 +224,14 @@ class _YamlCache:
                 hit = self.entries[block] = parsed
             if hit[0] in stages:  # a duplicate key: DVC's parser refuses the file
                 return None
-            stages[hit[0]] = hit[1]
+            stages[hit[0]] = _copy(hit[1])
         if len(self.entries) > 100_000:
             self.entries.clear()
-        return {"schema": "2.0", "stages": _Entries.of(stages)}
-
-
-class _Shared:
-    """A parsed entry that other loads share: copied before anyone sees it."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
-
-
-class _Entries(dict):  # type: ignore[type-arg]
-    """The ``stages`` of a parsed ``dvc.lock``, each entry deep-copied when first read.
-
-    A worker loads dvc.lock for every stage it runs and DVC then reads one entry of it:
-    copying all of them each time cost the size of the pipeline per stage. The mapping
-    behaves as a dict to Python code (``get``, ``[]``, ``in``, ``items``, ``values``,
-    ``pop``, ``copy``, ``==``); anything reading it at C level (``dict(x)``, ``{**x}``,
-    ``json.dumps``) meets :class:`_Shared` objects and fails loudly, never sees or
-    changes the shared data.
-    """
-
-    @classmethod
-    def of(cls, stages: dict[str, Any]) -> _Entries:
-        return cls({k: _Shared(v) for k, v in stages.items()})
-
-    def __getitem__(self, key: Any) -> Any:
-        value = dict.__getitem__(self, key)
-        if type(value) is _Shared:
-            value = _copy(value.data)
-            dict.__setitem__(self, key, value)
-        return value
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default  # noqa: SIM401 (self.get is this)
-
-    def values(self) -> Any:  # type: ignore[override]
-        return [self[k] for k in self]
-
-    def items(self) -> Any:  # type: ignore[override]
-        return [(k, self[k]) for k in self]
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        if key not in self:
-            return dict.pop(self, key, *default)
-        value = self[key]
-        dict.__delitem__(self, key)
-        return value
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key not in self:
-            dict.__setitem__(self, key, default)
-        return self[key]
-
-    def copy(self) -> dict[str, Any]:  # type: ignore[override]
-        return dict(self.items())
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, dict) and dict(self.items()) == (
-            dict(other.items()) if isinstance(other, _Entries) else other
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
+        return {"schema": "2.0", "stages": stages}
 
 
 def _copy(value: Any) -> Any:
-    """A deep copy of parsed YAML (dicts, lists, scalars), much faster than ``deepcopy``;
-    an :class:`_Entries` stays lazy (a new one, sharing the parsed entries)."""
-    if isinstance(value, _Entries):
-        return _Entries({k: v if type(v) is _Shared else _Shared(_copy(v))
-                         for k, v in dict.items(value)})  # fmt: skip
+    """A deep copy of parsed YAML (dicts, lists, scalars), much faster than ``deepcopy``."""
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list):

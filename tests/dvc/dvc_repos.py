@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cli_helpers import dvc_status  # noqa: F401  (one definition, for both helper sets)
+
 DVC_ENV = {
     "DVC_NO_ANALYTICS": "1",
     "GIT_AUTHOR_NAME": "lauf test",
@@ -84,19 +86,6 @@ def read_locks(root: Path) -> dict[str, Any]:
         for path in sorted(_walk(root))
         if path.name == "dvc.lock"
     }
-
-
-def dvc_status(root: Path) -> dict[str, Any]:
-    """``dvc status`` (empty when everything is up to date and in the cache)."""
-    from dvc.repo import Repo
-
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        with Repo(str(root)) as repo:
-            return repo.status()
-    finally:
-        os.chdir(old)
 
 
 def cache_files(root: Path) -> set[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lauf_dvc.errors import ConfigError
+from lauf_dvc.resources import Capacity, declare, detect, parse_amount, parse_resources
 
 T = TypeVar("T")
 
@@ -170,6 +171,29 @@ class SchedulerSettings:
             )
 
 
+def host_capacity(
+    declared: Mapping[str, Any] | str | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    where: str = "resources",
+    always: bool = False,
+) -> Capacity | None:
+    """This host's capacity: what is detected, with ``declared`` (else
+    ``LAUF_DVC_RESOURCES``) in its place. None when nothing is declared and not
+    ``always`` (the worker detects it if a task needs it)."""
+    env = os.environ if environ is None else environ
+    var = ENV_PREFIX + "RESOURCES"
+    if declared is None and var in env:
+        declared, where = env[var], f"environment variable {var}"
+    if declared is None and not always:
+        return None
+    try:
+        amounts = parse_resources(declared or {}, where=where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return declare(detect(env), amounts)
+
+
 # -- lauf-dvc settings in dvc.yaml -------------------------------------------------------
 
 
@@ -229,9 +253,66 @@ def _as_str_list(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
+def _as_jobs(value: Any) -> int | str:
+    """A number of workers >= 1, or ``auto`` (as many as the host's capacity keeps busy)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _as_int(1)(value)
+    except ValueError:
+        raise ValueError(f"expected a number of workers >= 1 or auto, got {value!r}") from None
+
+
+def _as_resources(value: Any) -> tuple[tuple[str, int], ...]:
+    """``cpus=32,gpus=4,mem=128G,licence=1`` or a mapping: a host's capacity."""
+    return tuple(sorted(parse_resources(value, where="resources").items()))
+
+
+def _as_groups(value: Any) -> tuple[tuple[str, int], ...]:
+    """``{api: 2, db: 1}`` (or ``api=2,db=1``): how many stages of a group run at once."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not eq for _, eq, _ in pairs):
+            raise ValueError(f"expected NAME=LIMIT,..., got {value!r}")
+        value = {k.strip(): v.strip() for k, _, v in pairs}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of group names to limits, got {value!r}")
+    out = {}
+    for name, limit in value.items():
+        try:
+            out[str(name)] = _as_int(1)(limit)
+        except ValueError as exc:
+            raise ValueError(f"group {name}: {exc}") from None
+    return tuple(sorted(out.items()))
+
+
+def _as_group(value: Any) -> str:
+    name = _as_str(value)
+    if "|" in name or "," in name:
+        raise ValueError(f"a group name has no '|' or ',', got {value!r}")
+    return name
+
+
+def _as_amount(name: str) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        return parse_amount(name, value)
+
+    return coerce
+
+
+def _as_counters(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of resource names to amounts, got {value!r}")
+    out = {str(k): parse_amount(str(k), v) for k, v in value.items()}
+    builtin = sorted(set(out) & {"cpus", "gpus", "mem"})
+    if builtin:
+        raise ValueError(f"{builtin[0]} is a key of meta.lauf itself, not of resources")
+    return tuple(sorted(out.items()))
+
+
 #: Every key allowed in ``vars: [{lauf: {...}}]`` and how to read it (also from env).
 PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
-    "jobs": _as_int(1),
+    "jobs": _as_jobs,
     "db": _as_str,
     "fingerprint": _as_str,
     "failure_policy": _as_choice(*FAILURE_POLICIES),
@@ -241,6 +322,8 @@ PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
     "max_killed_retries": _as_int(0),
     "lock": _as_choice(*LOCK_MODES),
     "disable_plugins": _as_str_list,
+    "resources": _as_resources,
+    "groups": _as_groups,
 }
 
 #: Every key allowed in a stage's ``meta: {lauf: {...}}``.
@@ -250,6 +333,11 @@ STAGE_KEYS: dict[str, Callable[[Any], Any]] = {
     "retries": _as_int(0),
     "priority": _as_int(None),
     "fingerprint": _as_str,
+    "cpus": _as_amount("cpus"),
+    "gpus": _as_amount("gpus"),
+    "mem": _as_amount("mem"),
+    "resources": _as_counters,
+    "group": _as_group,
 }
 
 
@@ -257,7 +345,7 @@ STAGE_KEYS: dict[str, Callable[[Any], Any]] = {
 class ProjectSettings:
     """Settings of a lauf-dvc run: command line > LAUF_DVC_* > dvc.yaml > these defaults."""
 
-    jobs: int = 4
+    jobs: int | str = 4  # or "auto"
     db: str | None = None  # None: SQLite in .dvc/tmp/lauf/lauf.sqlite
     fingerprint: str = "dvc"
     failure_policy: str = "stop"  # like `dvc repro`; --keep-going means "continue"
@@ -267,6 +355,15 @@ class ProjectSettings:
     max_killed_retries: int = 2
     lock: str = "auto"
     disable_plugins: tuple[str, ...] = ()
+    resources: tuple[tuple[str, int], ...] | None = None  # this host's capacity, declared
+    groups: tuple[tuple[str, int], ...] | None = None  # group -> stages of it at once
+
+    def capacity(self) -> Capacity:
+        """This host's capacity: detected, with what ``resources`` declares in its place."""
+        return declare(detect(), dict(self.resources or ()))
+
+    def group_limits(self) -> dict[str, int]:
+        return dict(self.groups or ())
 
     @classmethod
     def resolve(
@@ -330,6 +427,17 @@ class StageSettings:
     retries: int | None = None
     priority: int = 0
     fingerprint: str | None = None
+    cpus: int | None = None
+    gpus: int | None = None
+    mem: int | None = None  # MiB
+    resources: tuple[tuple[str, int], ...] | None = None  # named counters
+    group: str | None = None
+
+    def demand(self) -> dict[str, int]:
+        """What the stage declared it holds while it runs."""
+        declared = {k: getattr(self, k) for k in ("cpus", "gpus", "mem")}
+        named = dict(self.resources or ())
+        return {**{k: v for k, v in declared.items() if v is not None}, **named}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any] | None, *, where: str) -> StageSettings:

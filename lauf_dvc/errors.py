@@ -22,7 +22,7 @@ class ExitCode(enum.IntEnum):
     LOCK = 7  # a lock could not be acquired in time
     WORKER_CRASHED = 8  # a worker process died of an error (not a stage's): see its log
     SUBMIT = 9  # `submit`: sbatch is missing or refused the job
-    NO_WORKER = 10  # stages were left that no worker may take (labels), nor what needs them
+    NO_WORKER = 10  # stages left that no worker may take (labels, resources), nor what needs them
     INTERNAL = 70  # a bug in lauf-dvc (EX_SOFTWARE)
     OS_ERROR = 74  # the system refused: a file could not be read or written (EX_IOERR)
     HANGUP = 129  # SIGHUP (a closed terminal): stopped as for SIGTERM

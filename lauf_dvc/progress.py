@@ -167,13 +167,20 @@ def requires_text(labels: Sequence[str]) -> str:
     return f"it requires label(s) {', '.join(labels)}"
 
 
-def print_left(left: list[TaskRow], needs: Mapping[str, Sequence[str]]) -> None:
+def print_left(
+    left: list[TaskRow],
+    needs: Mapping[str, Sequence[str]],
+    unfit: Mapping[str, str] | None = None,
+) -> None:
     """Why each stage left behind did not run (one line each, on stdout), and one line
-    on stderr (exit 10)."""
+    on stderr (exit 10). ``unfit``: what the local host lacks for a stage."""
     ids = {r.id for r in left}
+    unfit = unfit or {}
     for r in left:
         if needs.get(r.id):
             why = f"{requires_text(needs[r.id])}, which no worker had"
+        elif unfit.get(r.id):
+            why = f"it {unfit[r.id]}"
         else:
             waits = [d for d in r.dependencies if d in ids]
             why = f"it waits for {', '.join(waits)}" if waits else "no worker took it"
@@ -219,7 +226,7 @@ def print_summary(result: ReproResult, needs: Mapping[str, Sequence[str]] | None
     if failed:
         err_console.print(failed_line(failed), markup=False)
     elif result.left:
-        print_left(result.left, needs or {})
+        print_left(result.left, needs or {}, result.unfit)
 
 
 def print_dry_run(project: Project, report: SyncReport) -> None:

@@ -29,6 +29,7 @@ from cli_helpers import (  # noqa: F401 (fixture)
 )
 
 from lauf_dvc.errors import ExitCode
+from lauf_dvc.scheduler.schema import SCHEMA_VERSION
 
 pytestmark = [
     pytest.mark.usefixtures("isolated"),
@@ -162,14 +163,16 @@ def test_unknown_lauf_key(repo: Path) -> None:
     message = (
         f"{ERROR}dvc.yaml: unknown key 'lauf.jbos' in vars (known: jobs, db, fingerprint, "
         "failure_policy, heartbeat_interval, heartbeat_timeout, max_failed_retries, "
-        "max_killed_retries, lock, disable_plugins)"
+        "max_killed_retries, lock, disable_plugins, resources, groups)"
     )
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
 
 def test_lauf_key_of_the_wrong_type(repo: Path) -> None:
     edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      jobs: many\n" + t)
-    message = f"{ERROR}dvc.yaml: vars lauf.jobs: expected an integer, got 'many'"
+    message = (
+        f"{ERROR}dvc.yaml: vars lauf.jobs: expected a number of workers >= 1 or auto, got 'many'"
+    )
     # -j 2 overrides the value, but a broken file is an error all the same
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
@@ -178,7 +181,7 @@ def test_unknown_stage_meta_lauf_key(repo: Path) -> None:
     edit(repo, "dvc.yaml", lambda t: t + "    meta:\n      lauf:\n        retry: 2\n")
     message = (
         f"{ERROR}dvc.yaml:train: unknown key 'meta.lauf.retry' (known: requires, "
-        "max_workers, retries, priority, fingerprint)"
+        "max_workers, retries, priority, fingerprint, cpus, gpus, mem, resources, group)"
     )
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
@@ -322,7 +325,7 @@ def test_database_of_another_schema_version(repo: Path) -> None:
     conn.close()
     message = (
         f"{ERROR}database sqlite:///{db} has lauf-dvc schema version 99, this lauf-dvc "
-        "needs 1: delete it or use another --db"
+        f"needs {SCHEMA_VERSION}: delete it or use another --db"
     )
     commands = (*RUN_AND_JOIN, ("status",), ("history", "train"), ("watch", "--once"))
     assert_refused(repo, commands, ExitCode.STORE, message)

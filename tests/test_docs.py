@@ -70,13 +70,16 @@ def test_every_stage_setting_is_documented_with_its_default() -> None:
 
 def test_the_configuration_example_is_valid() -> None:
     text = (DOCS / "configuration.md").read_text()
-    (example,) = ["\n".join(lines) for _, _, lines in iter_blocks(text, ("yaml",))]
-    doc = yaml.safe_load(example)
-    (lauf,) = [v["lauf"] for v in doc["vars"] if "lauf" in v]
-    settings = ProjectSettings.resolve(None, lauf, environ={})
-    assert settings.jobs == 8 and settings.disable_plugins == ("jsonlog",)
-    for name, stage in doc["stages"].items():
-        StageSettings.from_meta(stage.get("meta"), where=f"dvc.yaml:{name}")
+    example, *others = ["\n".join(lines) for _, _, lines in iter_blocks(text, ("yaml",))]
+    for i, block in enumerate([example, *others]):  # every example, the first in detail
+        doc = yaml.safe_load(block)
+        (lauf,) = [v["lauf"] for v in doc["vars"] if "lauf" in v]
+        settings = ProjectSettings.resolve(None, lauf, environ={})
+        if i == 0:
+            assert settings.jobs == 8 and settings.disable_plugins == ("jsonlog",)
+        for name, stage in doc["stages"].items():
+            meta = stage.get("do", stage).get("meta")  # foreach: the template's
+            StageSettings.from_meta(meta, where=f"dvc.yaml:{name}")
 
 
 def test_state_diagram_is_the_transition_table() -> None:

@@ -157,6 +157,8 @@ class Project:
                     max_workers=ss.max_workers,
                     priority=ss.priority,
                     retries=ss.retries,
+                    resources=ss.demand(),
+                    group=ss.group,
                 )
             )
         return out

@@ -27,6 +27,7 @@ from lauf_dvc.dvc.project import Project, SyncReport, sync
 from lauf_dvc.dvc.runner import pull_run_cache
 from lauf_dvc.dvc.work import RESTORED
 from lauf_dvc.errors import ExitCode, LaufError
+from lauf_dvc.resources import Capacity, Demand, demand_of, shortfall
 from lauf_dvc.scheduler.store import Store, TaskRow
 from lauf_dvc.scheduler.txn import IGNORED
 from lauf_dvc.scheduler.worker import default_identifier
@@ -60,6 +61,7 @@ class ReproResult:
     skipped: list[str] = field(default_factory=list)  # up to date (before, or found now)
     cut_off: list[str] = field(default_factory=list)  # of those, found up to date now
     ignored: list[str] = field(default_factory=list)  # failed, counted done (--ignore-errors)
+    unfit: dict[str, str] = field(default_factory=dict)  # stage: what this host lacks for it
     worker_errors: list[str] = field(default_factory=list)
     worker_codes: list[int] = field(default_factory=list)  # exit codes of those workers
     elapsed: float = 0.0
@@ -113,12 +115,13 @@ def repro(
     on_progress: Callable[[list[TaskRow], float], None] | None = None,
     options: StageOptions | None = None,
     fork: bool | None = None,
-    on_start: Callable[[list[TaskRow]], None] | None = None,
+    on_start: Callable[[list[TaskRow], Mapping[str, str]], None] | None = None,
 ) -> ReproResult:
     """Run the selected stages with ``jobs`` local workers; returns what happened.
 
     ``options``: how each stage is reproduced (``force`` is folded into them).
-    ``on_start``: called with the stages to run, once DVC said which, before any starts.
+    ``on_start``: called with the stages to run, once DVC said which, before any starts,
+    and what this host lacks for those it can never run (``{stage: why}``).
     ``fork``: fork the workers from this process (fast: they inherit the loaded
     pipeline) instead of starting new ones; only safe in a single-threaded process that
     is ours (the command line), so the default is :func:`fork_allowed` and the Python
@@ -130,17 +133,25 @@ def repro(
     opts = replace(opts, force=opts.force or force)
     ident = f"{default_identifier()}:repro"
     # Register the graph, then let DVC say what is stale (failures of the last run retried).
-    store.sync_graph([t.spec() for t in project.tasks()], worker=ident)
+    tasks = project.tasks()
+    limits = project.settings.group_limits()
+    store.sync_graph([t.spec() for t in tasks], worker=ident, limits=limits)
     report = sync(project, store, worker=ident, force=opts.force, reset_failures=True)
     result = ReproResult(report)
     rows = store.task_rows()
     todo = [r for r in rows if r.state != S.COMPLETED]
+    shapes = {t.id: t.shape for t in tasks}
+    capacity = project.settings.capacity()
+    workers = local_workers(jobs, todo, shapes, capacity)
+    for r in todo:  # what this host can never hold (a worker elsewhere may)
+        why = shortfall(demand_of(shapes.get(r.id, "")), capacity, workers)
+        if why:
+            result.unfit[r.id] = why
     if on_start:
-        on_start(todo)
+        on_start(todo, result.unfit)
     if todo:
         if opts.pull and opts.run_cache:
             pull_run_cache(project.root)
-        workers = max(1, min(jobs, at_once(todo)))  # more could never all have work
         deaths = _run_workers(
             project, store, jobs=workers, options=opts, overrides=overrides or {},
             on_progress=on_progress, started=started,
@@ -167,6 +178,33 @@ def repro(
             result.ran.append(row.id)
     store.dispose()
     return result
+
+
+def local_workers(
+    jobs: int | str, todo: Sequence[TaskRow], shapes: Mapping[str, str], capacity: Capacity
+) -> int:
+    """How many local workers to start: ``jobs``, or with ``auto`` as many as this host's
+    capacity can keep busy; never more than could ever all have work (:func:`at_once`)."""
+    most = at_once(todo)
+    if jobs == "auto":
+        demands = [demand_of(shapes.get(r.id, "")) for r in todo]
+        most = min(most, slots(demands, capacity))
+    else:
+        most = min(int(jobs), most)
+    return max(1, most)
+
+
+def slots(demands: Sequence[Demand], capacity: Capacity) -> int:
+    """An upper bound of how many of ``demands`` this host holds at once: its cores (the
+    detected or declared count), and for each resource every one of them needs, what it
+    has over the least any needs."""
+    bound = capacity.cpus
+    for name in {n for d in demands for n in d.needs()}:
+        least = min(d.needs().get(name, 0) for d in demands)
+        have = capacity.amount(name)
+        if least > 0 and have is not None:
+            bound = min(bound, have // least)
+    return max(1, bound)
 
 
 def at_once(todo: Sequence[TaskRow]) -> int:

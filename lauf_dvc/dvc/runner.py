@@ -46,7 +46,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,12 +175,14 @@ class StageRunner:
         stream: TextIO | None = None,
         run_cache: bool = True,
         options: StageOptions | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> StageResult:
-        """See :func:`run_stage`."""
+        """See :func:`run_stage`. ``env``: set for the stage's command (its GPU ids...)."""
         repo = self.repo
         assert self._atomic is not None
         opts = options or StageOptions(force=force, run_cache=run_cache)
-        job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts)
+        job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts,
+                   dict(env or {}))  # fmt: skip
         try:
             prepared = _prepare(job)
             if isinstance(prepared, StageResult):
@@ -249,6 +251,7 @@ class _Job:
     log_dir: Path | None
     stream: TextIO | None
     options: StageOptions = field(default_factory=StageOptions)
+    env: dict[str, str] = field(default_factory=dict)  # for the command, over the worker's
     _output: Output | None = None
 
     @property
@@ -426,6 +429,7 @@ def _execute(job: _Job, prepared: _Prepared) -> int:
     stage = prepared.stage
     kwargs = prepare_kwargs(stage)  # cwd=wdir, env with DVC_ROOT and DVC_STAGE, close_fds
     kwargs["env"][DVC_STAGE] = job.address  # DVC's is relative to the cwd; ours to the root
+    kwargs["env"].update(job.env)
     for key in [k for k in kwargs["env"] if k in SECRET_ENV]:
         del kwargs["env"][key]  # the scheduler's database URL (with its password) is ours
     executable = get_executable()

@@ -7,6 +7,7 @@ Used by ``lauf-dvc worker`` (a SLURM array job) and by the N local processes tha
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from lauf_dvc.dvc.project import Project, sync
 from lauf_dvc.dvc.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
 from lauf_dvc.faults import fault
+from lauf_dvc.resources import command_env, demand_of
 from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.worker import MAX_BACKOFF, Worker, default_identifier
 from lauf_dvc.termination import Terminated
@@ -87,6 +89,7 @@ def run_worker(
     worker: Worker[StageInfo] = Worker(
         tasks, store, settings, identifier=ident, labels=labels, locks=locks,
         max_idle=max_idle, max_backoff=max_backoff,
+        capacity=project.settings.capacity(), groups=project.settings.group_limits(),
     )  # fmt: skip
     report = WorkerReport(ident)
     worker.start()
@@ -137,7 +140,8 @@ def _loop(
             if on_event:
                 on_event("started", task.id, None)
             hooks.stage_started(task.data, worker.identifier)
-            result = _run(runner, project, task.id, options=_forced(worker, task.id, options))
+            result = _run(runner, project, task.id, options=_forced(worker, task.id, options),
+                          env=_held(worker))  # fmt: skip
             fingerprint = None
             if result.outcome != "failed":
                 try:
@@ -199,12 +203,14 @@ def _forced(worker: Worker[StageInfo], address: str, options: StageOptions) -> S
 
 def _stuck(store: Any, report: WorkerReport) -> None:
     """Stages left with no worker alive that may start them (or what they wait for)."""
-    left = store.stuck()
+    left = store.left_behind()
     if left:
-        report.stuck = [task for task, _ in left]
-        needs = sorted({label for _, key in left for label in key.split(",") if label})
+        report.stuck = [task for task, _, _ in left]
+        needs = sorted({label for _, key, _ in left for label in key.split(",") if label})
         shown = ", ".join(report.stuck[:5]) + (" ..." if len(left) > 5 else "")
         labels = f" (they need label(s) {', '.join(needs)})" if needs else ""
+        waits = [f"{task} waits: {why}" for task, key, why in left if why and not key]
+        labels += "".join(f"; {w}" for w in waits[:3])
         report.left = (f"{len(left)} stage(s) left that no live worker may take{labels}, "
                        f"nor what they wait for: {shown}")  # fmt: skip
 
@@ -226,12 +232,25 @@ def _failure_info(result: StageResult) -> dict[str, Any]:
     )
 
 
+def _held(worker: Worker[StageInfo]) -> dict[str, str]:
+    """The environment that gives a stage's command what its claim holds (GPU ids, cores)."""
+    claimed = worker.current
+    if claimed is None:
+        return {}
+    return command_env(demand_of(claimed.shape), claimed.devices, os.environ)
+
+
 def _run(
-    runner: StageRunner, project: Project, address: str, *, options: StageOptions
+    runner: StageRunner,
+    project: Project,
+    address: str,
+    *,
+    options: StageOptions,
+    env: dict[str, str] | None = None,
 ) -> StageResult:
     """Run one stage; an unexpected error fails that stage, not the whole worker."""
     try:
-        return runner.run(address, options=options, log_dir=project.log_dir)
+        return runner.run(address, options=options, log_dir=project.log_dir, env=env)
     except Exception as exc:
         log.exception("stage %s: lauf-dvc could not run it", address)
         message = exc if isinstance(exc, LaufError) else f"{type(exc).__name__}: {exc}"

@@ -23,7 +23,7 @@ from lauf_dvc.scheduler.engine import (
     sqlite_path,
 )
 from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
-from lauf_dvc.scheduler.schema import SCHEMA_VERSION, meta, metadata
+from lauf_dvc.scheduler.schema import MIGRATIONS, SCHEMA_VERSION, meta, metadata, tasks
 from lauf_dvc.scheduler.txn import TRANSITIONS_KEY, Transition
 
 #: PostgreSQL advisory lock keys ("lauf" in ASCII, then 1, 2), held to the end of a
@@ -159,17 +159,27 @@ class Database:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
                     conn.execute(_ADVISORY_LOCK, {"key": SCHEMA_LOCK_KEY})
-                if self._schema_ok(conn):
+                found = self._schema_ok(conn, upgrade=True)
+                if found is True:
                     return
-                metadata.create_all(conn)
-                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                if found is False:
+                    metadata.create_all(conn)
+                    conn.execute(
+                        insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                    )
+                    return
+                _upgrade(conn, found)
 
-    def _schema_ok(self, conn: Connection) -> bool:
-        """True: our tables, of our version. False: an empty database. Else raise."""
+    def _schema_ok(self, conn: Connection, *, upgrade: bool = False) -> bool | int:
+        """True: our tables, of our version. False: an empty database. An older version
+        this one upgrades: that version (only with ``upgrade``; else False, to be asked
+        again under the lock). Else raise."""
         have = set(conn.dialect.get_table_names(conn))
         if meta.name in have:
             row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
             found = row[0] if row else "unknown"
+            if found.isdigit() and int(found) in MIGRATIONS:
+                return int(found) if upgrade else False
             if found != str(SCHEMA_VERSION):
                 raise SchemaVersionError(
                     f"database {mask_url(self.url)} has lauf-dvc schema version {found}, "
@@ -182,6 +192,21 @@ class Database:
                 f"({', '.join(sorted(have)[:3])}): point --db at a new database"
             )
         return False
+
+
+def _upgrade(conn: Connection, version: int) -> None:
+    """Bring a database of an older schema ``version`` to this one, in the caller's
+    transaction (so a failed upgrade changes nothing): its history is kept."""
+    while version < SCHEMA_VERSION:
+        for statement in MIGRATIONS[version]:
+            conn.execute(text(statement))
+        version += 1
+    metadata.create_all(conn)  # new tables (with their indexes)
+    for index in tasks.indexes:  # and the indexes the statements dropped to rebuild
+        index.create(conn, checkfirst=True)
+    conn.execute(
+        meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+    )
 
 
 #: What to do when a SQLite file is not a database (garbage, truncated, damaged).

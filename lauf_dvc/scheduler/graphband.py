@@ -9,14 +9,15 @@ failed; :meth:`Graphband.close` completes it and stops.
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from flufl.lock import Lock
 
 from lauf_dvc.config import (
     SchedulerSettings,
+    host_capacity,
     parse_bool,
     parse_lock_mode,
     parse_non_negative_float,
@@ -63,6 +64,9 @@ class Graphband(Generic[T]):
     ``max_idle``: stop iterating after waiting that many seconds without being able to
     claim anything while the tasks left wait for tasks running elsewhere
     (:attr:`stopped_idle` is then True).
+    ``resources`` (``"cpus=8,gpus=2,mem=64G,licence=1"`` or a mapping, else
+    ``LAUF_DVC_RESOURCES``): this host's capacity, in place of what is detected, for tasks
+    that declare ``resources``; ``groups``: how many tasks of each group run at once.
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class Graphband(Generic[T]):
         lock: str | None = None,
         max_idle: float | None = None,
         clock: Callable[[], float] | None = None,
+        resources: Mapping[str, Any] | str | None = None,
+        groups: Mapping[str, int] | None = None,
     ) -> None:
         self._tasks: dict[str, Task[T]] = {}
         for task in tasks:
@@ -115,6 +121,8 @@ class Graphband(Generic[T]):
             labels=self.labels,
             locks=self._locks,
             max_idle=self.max_idle,
+            capacity=host_capacity(resources),
+            groups=groups,
         )
         self._closing = False
         self._running = False
@@ -144,7 +152,7 @@ class Graphband(Generic[T]):
         if self.disabled:
             return False
         self._worker.sync()  # so that it is true before the first iteration too
-        return self._store.has_unfinished(self._worker.allowed)
+        return self._store.has_unfinished(self._worker.allowed, room=self._worker.room)
 
     @property
     def stopped_idle(self) -> bool:

@@ -22,7 +22,19 @@ from sqlalchemy import (
 )
 
 #: Bump when a table changes; a database of another version is refused with a clear error.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`~lauf_dvc.scheduler.database.Database` upgrades in place (their
+#: statements are in :data:`MIGRATIONS`); an older or newer one is refused.
+MIGRATIONS = {
+    1: [  # 1 -> 2: resources (shape, group, devices, capacity, hosts, groups)
+        "ALTER TABLE lauf_tasks ADD COLUMN shape VARCHAR DEFAULT '' NOT NULL",
+        "ALTER TABLE lauf_tasks ADD COLUMN grp VARCHAR",
+        "ALTER TABLE lauf_assignments ADD COLUMN devices TEXT",
+        "ALTER TABLE lauf_workers ADD COLUMN capacity TEXT",
+        "ALTER TABLE lauf_workers ADD COLUMN pool VARCHAR",
+        "DROP INDEX ix_tasks_ready",
+    ],
+}
 
 #: The ready predicate, written literally: SQLite uses a partial index only when the
 #: query repeats the index's WHERE terms with literal values.
@@ -48,6 +60,9 @@ tasks = Table(
     Column("active", Integer, nullable=False),  # 0: not in the current graph (kept for history)
     Column("waiting", Integer, nullable=False),  # dependencies not completed
     Column("requirements", String, nullable=False),  # sorted, comma-joined labels
+    # what it holds while running (resources.Demand.shape; "": one core), and its group
+    Column("shape", String, nullable=False, server_default=""),
+    Column("grp", String),
     Column("max_workers", Integer, nullable=False),
     Column("priority", Integer, nullable=False),
     Column("retries", Integer),  # per-task failed-retry budget; NULL = the worker's setting
@@ -67,6 +82,7 @@ tasks = Table(
 Index(
     "ix_tasks_ready",
     tasks.c.requirements,
+    tasks.c.shape,
     tasks.c.priority.desc(),
     tasks.c.seq,
     sqlite_where=text(READY_SQL),
@@ -118,6 +134,9 @@ workers = Table(
     Column("started", Float, nullable=False),
     Column("heartbeat", Float, nullable=False),
     Column("expires", Float, nullable=False),  # heartbeat + the worker's own timeout
+    Column("capacity", Text),  # its host's, as it sees it (resources.Capacity.to_json)
+    # whose capacity it shares: its host, or its SLURM job's allocation on that host
+    Column("pool", String),
 )
 Index("ix_workers_alive", workers.c.state, workers.c.expires)
 
@@ -127,8 +146,22 @@ assignments = Table(
     Column("task", String, ForeignKey("lauf_tasks.id", ondelete="CASCADE"), primary_key=True),
     Column("worker", String, ForeignKey("lauf_workers.id"), primary_key=True),
     Column("since", Float, nullable=False),
+    Column("devices", Text),  # the GPU ids it holds, comma-joined
 )
 Index("ix_assignments_worker", assignments.c.worker)
+
+# One row per capacity pool (a host, or a SLURM job's allocation on it): a claim that
+# counts a pool's free capacity locks its row first (PostgreSQL), so two workers of one
+# host never both take the last GPU.
+hosts = Table("lauf_hosts", metadata, Column("host", String, primary_key=True))
+
+# Concurrency groups: at most ``limit`` tasks of a group run at once, across all hosts.
+groups = Table(
+    "lauf_groups",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("limit", Integer, nullable=False),
+)
 
 events = Table(
     "lauf_events",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from lauf_dvc.errors import StoreError
+from lauf_dvc.resources import Capacity, demand_of, never_fits
 from lauf_dvc.scheduler import txn
 from lauf_dvc.scheduler.database import Database
 from lauf_dvc.scheduler.schema import (
@@ -26,15 +28,25 @@ from lauf_dvc.scheduler.schema import (
     assignments,
     edges,
     events,
+    hosts,
     meta,
     tasks,
     workers,
 )
-from lauf_dvc.scheduler.txn import Claimed, Now, TaskSpec, at
+from lauf_dvc.scheduler.txn import Claimed, Now, Room, TaskSpec, at
 from lauf_dvc.states import CLAIMABLE, TaskState
 
 S = TaskState
-__all__ = ["Claimed", "Event", "Store", "TaskRow", "TaskSpec", "graph_hash", "requirements_key"]
+__all__ = [
+    "Claimed",
+    "Event",
+    "Room",
+    "Store",
+    "TaskRow",
+    "TaskSpec",
+    "graph_hash",
+    "requirements_key",
+]
 
 
 @dataclass(frozen=True)
@@ -72,52 +84,104 @@ def requirements_key(labels: Iterable[str]) -> str:
     return ",".join(sorted(set(labels)))
 
 
-def graph_hash(specs: Sequence[TaskSpec]) -> str:
+def labels_of(key: str) -> frozenset[str]:
+    """The labels of a stored requirement key."""
+    return frozenset(filter(None, key.split(",")))
+
+
+def graph_hash(specs: Sequence[TaskSpec], limits: Mapping[str, int] | None = None) -> str:
     h = hashlib.sha256()
     for s in sorted(specs, key=lambda s: s.id):
         key = (s.id, sorted(s.dependencies), s.requirements, s.max_workers, s.priority, s.retries)
-        h.update(repr(key).encode())
+        h.update(repr(key + ((s.shape,) if s.shape else ())).encode())
+    if limits:
+        h.update(repr(sorted(limits.items())).encode())
     return h.hexdigest()
 
 
 _RUNNING_ANY = select(tasks.c.id).where(text("state = 'running'")).limit(1)
 _TODO_ANY = (
     select(tasks.c.id)
-    .where(text(TODO_SQL), tasks.c.requirements.in_(bindparam("b_keys", expanding=True)))
+    .where(
+        text(TODO_SQL),
+        tasks.c.requirements.in_(bindparam("b_keys", expanding=True)),
+        tasks.c.shape.in_(bindparam("b_shapes", expanding=True)),
+    )
     .limit(1)
 )
 
 
-def _any_ready(conn: Connection, allowed: Sequence[str], join: bool) -> bool:
-    return any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join))
+def _any_ready(conn: Connection, allowed: Sequence[str], join: bool, room: Room) -> bool:
+    shapes = list(txn.free_shapes(conn, room, lock=False))
+    return any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join, shapes=shapes))
 
 
-_READY_KEYS = select(tasks.c.requirements).where(text(READY_SQL)).distinct()
-_LIVE_LABELS = (
-    select(workers.c.labels)
-    .where(workers.c.state == "alive", workers.c.expires >= bindparam("b_now"))
-    .distinct()
+_READY_KEYS = select(tasks.c.requirements, tasks.c.shape).where(text(READY_SQL)).distinct()
+_LIVE = select(workers.c.labels, workers.c.pool, workers.c.capacity).where(
+    workers.c.state == "alive", workers.c.expires >= bindparam("b_now")
 )
 
 
-def _unfinished(conn: Connection, allowed: Sequence[str], now: float) -> bool:
+@dataclass(frozen=True)
+class LiveWorker:
+    labels: frozenset[str]
+    host: str  # its capacity pool
+    capacity: Capacity | None  # None: registered without one (takes default shapes only)
+
+
+def live_workers(conn: Connection, now: float) -> list[tuple[LiveWorker, int]]:
+    """Each distinct live worker kind, with how many live workers share its host."""
+    rows = [
+        LiveWorker(labels_of(r.labels), r.pool or "", Capacity.from_json(r.capacity))
+        for r in conn.execute(_LIVE, {"b_now": now})
+    ]
+    per_host = Counter(w.host for w in rows)
+    return [(w, per_host[w.host]) for w in set(rows)]
+
+
+def why_not(key: str, shape: str, live: Sequence[tuple[LiveWorker, int]]) -> str | None:
+    """Why no live worker can ever take a task of requirement ``key`` and ``shape``
+    (None: one can)."""
+    needs = labels_of(key)
+    labelled = [(w, n) for w, n in live if needs <= w.labels]
+    if not labelled:
+        return f"requires label(s) {', '.join(sorted(needs))}" if needs else "no live worker"
+    if shape == "":
+        return None
+    caps = [(w.capacity, n) for w, n in labelled if w.capacity is not None]
+    if not caps:
+        return f"needs {demand_of(shape).describe()}, and no live worker counts resources"
+    return never_fits(demand_of(shape), caps)
+
+
+def _unfinished(conn: Connection, allowed: Sequence[str], now: float, room: Room) -> bool:
     """Is there work this worker must wait for? A task running somewhere, or one it may
     take that waits for others, as long as someone can make progress: with nothing
     running, only a ready task that this worker or another live one may take (by its
-    labels) makes waiting worth it. Else the tasks left can never start (they need
-    labels no live worker has, or wait for such tasks): nothing is left, say so."""
+    labels and its host's capacity) makes waiting worth it. Else the tasks left can never
+    start (they need labels or resources no live worker has, or wait for such tasks):
+    nothing is left, say so."""
     if conn.execute(_RUNNING_ANY).first() is not None:
         return True
-    if conn.execute(_TODO_ANY, {"b_keys": list(allowed)}).first() is None:
+    todo = {"b_keys": list(allowed), "b_shapes": list(room.shapes)}
+    if conn.execute(_TODO_ANY, todo).first() is None:
         return False
-    keys = set(conn.execute(_READY_KEYS).scalars())
-    if keys & set(allowed):
+    keys = {tuple(r) for r in conn.execute(_READY_KEYS)}
+    if any(k in allowed and s in room.shapes for k, s in keys):
         return True  # ready for this worker: another one was just faster to claim it
-    labels = [
-        set(filter(None, k.split(",")))
-        for k in conn.execute(_LIVE_LABELS, {"b_now": now}).scalars()
-    ]
-    return any(set(filter(None, key.split(","))) <= have for key in keys for have in labels)
+    live = live_workers(conn, now)
+    return any(why_not(key, shape, live) is None for key, shape in keys)
+
+
+def _insert_ignoring(conn: Connection, table: Any) -> Any:
+    """INSERT that does nothing where the row exists (two workers of a host at once)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 class Store(Database):
@@ -153,8 +217,13 @@ class Store(Database):
         labels: str,
         timeout: float,
         now: float | None = None,
+        capacity: Capacity | None = None,
+        pool: str | None = None,
     ) -> None:
-        """Add a worker, or revive an offline/dead one; a live one of that id is an error."""
+        """Add a worker, or revive an offline/dead one; a live one of that id is an error.
+        ``capacity``: its host's, as it sees it (None: it counts no resources), shared
+        with the workers of the same ``pool`` (default: the host)."""
+        pool = pool or host
         now = at(self._now(now))
         values = dict(
             host=host,
@@ -164,8 +233,12 @@ class Store(Database):
             started=now,
             heartbeat=now,
             expires=now + timeout,
+            capacity=capacity.to_json() if capacity is not None else None,
+            pool=pool,
         )
         with self.write() as conn:
+            if conn.execute(select(hosts.c.host).where(hosts.c.host == pool)).first() is None:
+                conn.execute(_insert_ignoring(conn, hosts).values(host=pool))
             row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
             if row is None:
                 conn.execute(insert(workers).values(id=worker_id, **values))
@@ -274,14 +347,19 @@ class Store(Database):
     # -- the graph and its tasks ---------------------------------------------------------
 
     def sync_graph(
-        self, specs: Sequence[TaskSpec], *, now: float | None = None, worker: str | None
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        now: float | None = None,
+        worker: str | None,
+        limits: Mapping[str, int] | None = None,
     ) -> bool:
         """Make the stored graph equal to ``specs``; idempotent, safe for many workers at once.
 
         New tasks become pending; tasks no longer in ``specs`` are removed (unless running).
-        Returns True if anything changed.
+        ``limits``: how many tasks of each group may run at once. True if anything changed.
         """
-        digest = graph_hash(specs)
+        digest = graph_hash(specs, limits)
         stored = select(meta.c.value).where(meta.c.key == "graph_hash")
         with self.read() as conn:  # the usual case, and no lock: every worker has it right
             if conn.execute(stored).scalar() == digest:
@@ -289,35 +367,52 @@ class Store(Database):
         with self.write(exclusive=True) as conn:
             if conn.execute(stored).scalar() == digest:
                 return False
-            changed = txn.sync(conn, specs, now=self._now(now), worker=worker)
+            changed = txn.sync(conn, specs, now=self._now(now), worker=worker, limits=limits)
             conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
             conn.execute(insert(meta).values(key="graph_hash", value=digest))
             return changed
 
     def claim(
-        self, worker: str, *, allowed: Sequence[str], now: float | None = None, join: bool = False
+        self,
+        worker: str,
+        *,
+        allowed: Sequence[str],
+        now: float | None = None,
+        join: bool = False,
+        room: Room | None = None,
     ) -> Claimed | None:
-        """Take the ready task of highest priority (FIFO among equals), or None.
+        """Take the ready task of highest priority (FIFO among equals) that fits ``room``
+        (the host's free capacity, see :class:`~.txn.Room`), or None.
 
         A read comes first, so idle workers polling an empty queue take no write lock.
         """
+        room = room or Room()
         with self.read() as conn:
-            if not _any_ready(conn, allowed, join):
+            if not _any_ready(conn, allowed, join, room):
                 return None
         with self.write() as conn:
-            return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
+            return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+                             room=room)  # fmt: skip
 
     def poll(
-        self, worker: str, *, allowed: Sequence[str], now: float | None = None, join: bool = False
+        self,
+        worker: str,
+        *,
+        allowed: Sequence[str],
+        now: float | None = None,
+        join: bool = False,
+        room: Room | None = None,
     ) -> Claimed | bool:
         """:meth:`claim`; when nothing is ready, :meth:`has_unfinished` (True: wait, work
         remains; False: nothing left), answered in the same read: an idle worker's poll is
         one short read transaction."""
+        room = room or Room()
         with self.read() as conn:
-            if not _any_ready(conn, allowed, join):
-                return _unfinished(conn, allowed, at(self._now(now)))
+            if not _any_ready(conn, allowed, join, room):
+                return _unfinished(conn, allowed, at(self._now(now)), room)
         with self.write() as conn:
-            claimed = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
+            claimed = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+                                room=room)  # fmt: skip
         return True if claimed is None else claimed  # None: another worker was faster
 
     def complete(
@@ -354,6 +449,7 @@ class Store(Database):
         join: bool = False,
         ran: bool = True,
         reason: str | None = None,
+        room: Room | None = None,
     ) -> tuple[bool, Claimed | None]:
         """:meth:`complete` then :meth:`claim` in one transaction: one commit per task."""
         with self.write() as conn:
@@ -366,7 +462,9 @@ class Store(Database):
                 ran=ran,
                 reason=reason,
             )
-            return kept, txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join)
+            nxt = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+                            room=room)  # fmt: skip
+            return kept, nxt
 
     def fail(
         self,
@@ -565,21 +663,39 @@ class Store(Database):
 
     # -- questions -----------------------------------------------------------------------
 
-    def has_unfinished(self, allowed: Sequence[str], *, now: float | None = None) -> bool:
-        """Is a task running, or waiting to run and claimable with these requirement keys,
-        with a live worker able to start what it waits for (see :func:`_unfinished`)?
+    def has_unfinished(
+        self, allowed: Sequence[str], *, now: float | None = None, room: Room | None = None
+    ) -> bool:
+        """Is a task running, or waiting to run and claimable with these requirement keys
+        and shapes, with a live worker able to start what it waits for (see
+        :func:`_unfinished`)?
 
         Index seeks (partial indexes), whatever the number of tasks.
         """
         with self.read() as conn:
-            return _unfinished(conn, allowed, at(self._now(now)))
+            return _unfinished(conn, allowed, at(self._now(now)), room or Room())
 
     def stuck(self, limit: int = 20) -> list[tuple[str, str]]:
         """Tasks left to run, ``(id, requirement key)``, in graph order (for saying which
         tasks a run left behind because no worker could take them)."""
-        q = select(tasks.c.id, tasks.c.requirements).where(text(TODO_SQL))
+        return [(task_id, key) for task_id, key, _ in self.left_behind(limit)]
+
+    def left_behind(self, limit: int = 20) -> list[tuple[str, str, str | None]]:
+        """:meth:`stuck` with ``why``: what no live worker has (labels, resources) or
+        None (it waits for such a task, or a live worker could take it)."""
+        q = select(tasks.c.id, tasks.c.requirements, tasks.c.shape).where(text(TODO_SQL))
         with self.read() as conn:
-            return [tuple(r) for r in conn.execute(q.order_by(tasks.c.seq).limit(limit))]
+            live = live_workers(conn, at(self._now(None)))
+            rows = conn.execute(q.order_by(tasks.c.seq).limit(limit)).all()
+        return [(r.id, r.requirements, why_not(r.requirements, r.shape, live)) for r in rows]
+
+    def capacities(self) -> list[tuple[str, Capacity]]:
+        """``(host, capacity)`` of every live worker that counts resources."""
+        q = select(workers.c.host, workers.c.capacity).where(
+            workers.c.state == "alive", workers.c.capacity.is_not(None)
+        )
+        with self.read() as conn:
+            return [(r.host, Capacity.from_json(r.capacity)) for r in conn.execute(q.distinct())]
 
     def failed(self, limit: int = 20) -> list[str]:
         """Tasks failed or killed for good (retries are already back to pending)."""

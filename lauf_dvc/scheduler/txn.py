@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,17 @@ from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from lauf_dvc.errors import IllegalTransition
-from lauf_dvc.scheduler.schema import READY_SQL, assignments, edges, events, tasks
+from lauf_dvc.resources import Capacity, Usage, demand_of, fit
+from lauf_dvc.scheduler.schema import (
+    READY_SQL,
+    assignments,
+    edges,
+    events,
+    groups,
+    hosts,
+    tasks,
+    workers,
+)
 from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
 
 #: ``Connection.info`` key of the transitions a write transaction made (see Transition).
@@ -61,6 +71,7 @@ class TaskSpec:
     max_workers: int = 1
     priority: int = 0
     retries: int | None = None
+    shape: str = ""  # what it holds while running (resources.Demand.shape)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,28 @@ class Claimed:
     last_fingerprint: str | None
     joined: bool = False  # another worker already runs it (max_workers > 1)
     inputs_unchanged: bool = False  # re-run, and no dependency ran since it last completed
+    shape: str = ""  # what it holds (resources.demand_of), and the GPU ids it got:
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Room:
+    """What a claim may take: tasks of these ``shapes`` (the ones that can ever fit the
+    worker's host), and, with a ``capacity``, only those that fit what ``host`` (the
+    capacity pool: a host, or a SLURM job's allocation on it) has free now. The default
+    (one core each, nothing counted) is a worker of the core alone."""
+
+    shapes: tuple[str, ...] = ("",)
+    host: str | None = None
+    capacity: Capacity | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Must a claim count the host's usage? Not when every shape is the default one
+        core on detected cores: a host runs one such task per idle worker, always."""
+        if self.capacity is None or self.host is None:
+            return False
+        return self.capacity.cpus_declared or any(s != "" for s in self.shapes)
 
 
 # Hot-path statements are built once: SQLAlchemy then only binds parameters, instead of
@@ -105,13 +138,24 @@ _WAITING_IN_ORDER = (
     .where(tasks.c.id == _LOCKED_DEPENDENTS.c.id)
     .values(waiting=tasks.c.waiting - bindparam("b_delta"))
 )
-_COLS = (tasks.c.id, tasks.c.state, tasks.c.last_fingerprint, tasks.c.priority, tasks.c.seq)
+_COLS = (
+    tasks.c.id,
+    tasks.c.state,
+    tasks.c.last_fingerprint,
+    tasks.c.priority,
+    tasks.c.seq,
+    tasks.c.shape,
+)
 _ORDER = (tasks.c.priority.desc(), tasks.c.seq)
 # The ready query repeats the partial index's predicate literally so SQLite uses it: one
 # index seek, already in priority order, whatever the number of tasks.
 _READY = (
     select(*_COLS)
-    .where(text(READY_SQL), tasks.c.requirements == bindparam("b_key"))
+    .where(
+        text(READY_SQL),
+        tasks.c.requirements == bindparam("b_key"),
+        tasks.c.shape == bindparam("b_shape"),
+    )
     .order_by(*_ORDER)
     .limit(1)
 )
@@ -206,11 +250,14 @@ def transition(
 # -- claiming ------------------------------------------------------------------------
 
 
-def candidates(allowed: Sequence[str], join: bool, *, lock: bool = False) -> list[Any]:
+def candidates(
+    allowed: Sequence[str], join: bool, *, shapes: Sequence[str] = ("",), lock: bool = False
+) -> list[Any]:
     """``(query, params)`` for the next task to run: tasks to join first, then ready ones,
-    one ready query per requirement key. ``lock``: PostgreSQL row locks, skipping locked."""
+    one ready query (an index seek) per requirement key and shape. ``lock``: PostgreSQL
+    row locks, skipping locked."""
     ready = _READY.with_for_update(skip_locked=True) if lock else _READY
-    out = [(ready, {"b_key": key}) for key in allowed]
+    out = [(ready, {"b_key": key, "b_shape": shape}) for key in allowed for shape in shapes]
     if join:
         joinable = _JOINABLE.with_for_update(skip_locked=True) if lock else _JOINABLE
         out.insert(0, (joinable, {"b_keys": list(allowed)}))
@@ -218,20 +265,88 @@ def candidates(allowed: Sequence[str], join: bool, *, lock: bool = False) -> lis
 
 
 def claim(
-    conn: Connection, worker: str, *, allowed: Sequence[str], now: Now, join: bool
+    conn: Connection,
+    worker: str,
+    *,
+    allowed: Sequence[str],
+    now: Now,
+    join: bool,
+    room: Room | None = None,
 ) -> Claimed | None:
+    lock = conn.dialect.name == "postgresql"
+    fitting = free_shapes(conn, room or Room(), lock=lock)
+    if not fitting:
+        return None
     rows = []
-    for q, params in candidates(allowed, join, lock=conn.dialect.name == "postgresql"):
+    for q, params in candidates(allowed, join, shapes=list(fitting), lock=lock):
         rows += conn.execute(q, params).all()
     # Joinable (running) tasks first, then by priority, then first come first served.
     rows.sort(key=lambda r: (r.state != S.RUNNING, -r.priority, r.seq))
     for row in rows:
-        if _take(conn, row, worker, now):
+        if row.shape not in fitting:  # a task to join that does not fit
+            continue
+        devices = fitting[row.shape]
+        if _take(conn, row, worker, now, devices):
             unchanged = row.state == S.INVALIDATED and not _inputs_changed(conn, row.id)
-            return Claimed(
-                row.id, S(row.state), row.last_fingerprint, row.state == S.RUNNING, unchanged
-            )
+            return Claimed(row.id, S(row.state), row.last_fingerprint, row.state == S.RUNNING,
+                           unchanged, row.shape, devices)  # fmt: skip
     return None
+
+
+_HOST_LOCK = select(hosts.c.host).where(hosts.c.host == bindparam("b_host")).with_for_update()
+_HOST_USAGE = (
+    select(tasks.c.shape, assignments.c.devices)
+    .select_from(
+        assignments.join(workers, workers.c.id == assignments.c.worker).join(
+            tasks, tasks.c.id == assignments.c.task
+        )
+    )
+    .where(workers.c.pool == bindparam("b_host"))
+)
+_HOST_WORKERS = select(func.count()).where(
+    workers.c.pool == bindparam("b_host"), workers.c.state == "alive"
+)
+_GROUP_LIMITS = (
+    select(groups.c.name, groups.c.limit)
+    .where(groups.c.name.in_(bindparam("b_names", expanding=True)))
+    .order_by(groups.c.name)
+)
+_GROUP_RUNNING = (
+    select(tasks.c.grp, func.count())
+    .where(text("state = 'running'"), tasks.c.grp.in_(bindparam("b_names", expanding=True)))
+    .group_by(tasks.c.grp)
+)
+
+
+def free_shapes(conn: Connection, room: Room, *, lock: bool) -> dict[str, tuple[str, ...]]:
+    """The shapes of ``room`` a claim may take now, each with the GPU ids it would get:
+    those that fit what the host has free and whose group is below its limit. ``lock``
+    (PostgreSQL): lock the host's row, then the groups' (in name order: no deadlock),
+    so that concurrent claims count one after the other."""
+    if not room.counted:
+        return {shape: () for shape in room.shapes}
+    assert room.host is not None and room.capacity is not None
+    names = sorted({g for g in (demand_of(s).group for s in room.shapes) if g})
+    if lock:
+        conn.execute(_HOST_LOCK, {"b_host": room.host})
+    limits: dict[str, int] = {}
+    running: dict[str, int] = {}
+    if names:
+        q = _GROUP_LIMITS.with_for_update() if lock else _GROUP_LIMITS
+        limits = dict(conn.execute(q, {"b_names": names}).all())
+        running = dict(conn.execute(_GROUP_RUNNING, {"b_names": names}).all())
+    usage = Usage(workers=conn.execute(_HOST_WORKERS, {"b_host": room.host}).scalar_one())
+    for shape, devices in conn.execute(_HOST_USAGE, {"b_host": room.host}):
+        usage.add(shape, devices)
+    out = {}
+    for shape in room.shapes:
+        group = demand_of(shape).group
+        if group and running.get(group, 0) >= limits.get(group, 1):
+            continue
+        devices = fit(demand_of(shape), room.capacity, usage)
+        if devices is not None:
+            out[shape] = devices
+    return out
 
 
 def _inputs_changed(conn: Connection, task_id: str) -> bool:
@@ -251,7 +366,7 @@ def _inputs_changed(conn: Connection, task_id: str) -> bool:
     return built is None or conn.execute(q).first() is not None
 
 
-def _take(conn: Connection, row: Any, worker: str, now: Now) -> bool:
+def _take(conn: Connection, row: Any, worker: str, now: Now, devices: tuple[str, ...] = ()) -> bool:
     now = at(now)
     if row.state == S.RUNNING:  # join a task that allows several workers
         mine = select(assignments.c.task).where(
@@ -275,7 +390,8 @@ def _take(conn: Connection, row: Any, worker: str, now: Now) -> bool:
             reason=reason,
             values=dict(running=1, sealed=0),
         )
-    conn.execute(_INSERT_ASSIGNMENT, dict(task=row.id, worker=worker, since=now))
+    held = ",".join(devices) or None
+    conn.execute(_INSERT_ASSIGNMENT, dict(task=row.id, worker=worker, since=now, devices=held))
     return True
 
 
@@ -467,14 +583,22 @@ def cascade(
     return hit
 
 
-def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: Now, worker: str | None) -> bool:
+def sync(
+    conn: Connection,
+    specs: Sequence[TaskSpec],
+    *,
+    now: Now,
+    worker: str | None,
+    limits: Mapping[str, int] | None = None,
+) -> bool:
     """Make the active graph equal to ``specs``. True if anything changed.
 
     Tasks not in ``specs`` are deactivated, not deleted: their history stays, and they
-    come back as they were if a later graph names them again.
+    come back as they were if a later graph names them again. ``limits``: how many tasks
+    of each group may run at once (a group named by a task but not here: 1).
     """
     cols = (tasks.c.id, tasks.c.active, tasks.c.requirements, tasks.c.max_workers,
-            tasks.c.priority, tasks.c.retries)  # fmt: skip
+            tasks.c.priority, tasks.c.retries, tasks.c.shape)  # fmt: skip
     existing = {r.id: r for r in conn.execute(select(*cols))}
     wanted = {s.id for s in specs}
     retired = [i for i, r in existing.items() if i not in wanted and r.active]
@@ -482,22 +606,34 @@ def sync(conn: Connection, specs: Sequence[TaskSpec], *, now: Now, worker: str |
     _insert_tasks(conn, new, now=now, worker=worker)
     for s in specs:
         r = existing.get(s.id)
-        hints = (1, s.requirements, s.max_workers, s.priority, s.retries)
-        if r is not None and (r.active, r.requirements, r.max_workers, r.priority,
-                              r.retries) != hints:  # fmt: skip
+        hints = (1, s.requirements, s.max_workers, s.priority, s.retries, s.shape)
+        if r is not None and tuple(r)[1:] != hints:
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == s.id)
                 .values(active=1, requirements=s.requirements, max_workers=s.max_workers,
-                        priority=s.priority, retries=s.retries)
+                        priority=s.priority, retries=s.retries, shape=s.shape,
+                        grp=demand_of(s.shape).group)
             )  # fmt: skip
     if retired:
         conn.execute(update(tasks).where(tasks.c.id.in_(retired)).values(active=0))
+    _sync_groups(conn, specs, limits or {})
     edges_changed = _sync_edges(conn, specs)
     changed = bool(new or retired or edges_changed)
     if changed:
         _recount_waiting(conn)
     return changed
+
+
+def _sync_groups(conn: Connection, specs: Sequence[TaskSpec], limits: Mapping[str, int]) -> None:
+    named = {g for g in (demand_of(s.shape).group for s in specs) if g} | set(limits)
+    have = dict(conn.execute(select(groups.c.name, groups.c.limit)).all())
+    for name in sorted(named):
+        limit = int(limits.get(name, 1))
+        if name not in have:
+            conn.execute(insert(groups).values(name=name, limit=limit))
+        elif have[name] != limit:
+            conn.execute(update(groups).where(groups.c.name == name).values(limit=limit))
 
 
 def _insert_tasks(
@@ -515,6 +651,8 @@ def _insert_tasks(
             state=S.PENDING.value,
             waiting=0,
             requirements=s.requirements,
+            shape=s.shape,
+            grp=demand_of(s.shape).group,
             max_workers=s.max_workers,
             priority=s.priority,
             retries=s.retries,

@@ -21,8 +21,17 @@ import psutil
 
 from lauf_dvc.config import SchedulerSettings
 from lauf_dvc.errors import ConfigError, FailurePolicyStop, LaufError
+from lauf_dvc.resources import (
+    Capacity,
+    Demand,
+    demand_of,
+    detect,
+    parse_amount,
+    pool_name,
+    shortfall,
+)
 from lauf_dvc.scheduler.locks import LockSet
-from lauf_dvc.scheduler.store import Claimed, Store, TaskSpec, requirements_key
+from lauf_dvc.scheduler.store import Claimed, Room, Store, TaskSpec, requirements_key
 from lauf_dvc.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -54,6 +63,9 @@ class Task(Generic[T]):
     claimed (so it may read files its upstream just wrote); with fingerprints enabled a
     completed task whose fingerprint changed runs again, and so does everything downstream.
     ``retries`` overrides the worker's ``max_failed_retries`` for this task.
+    ``resources`` (``{"cpus": 2, "gpus": 1, "mem": "16G", "licence": 1}``) is what it
+    holds of its host's capacity while it runs; ``group``: at most the group's limit
+    (:class:`Worker` ``groups``; 1 if not given) of its tasks run at once.
     """
 
     id: str
@@ -64,12 +76,24 @@ class Task(Generic[T]):
     max_workers: int = 1
     priority: int = 0
     retries: int | None = None
+    resources: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
+    group: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dependencies", tuple(sorted(set(self.dependencies))))
         object.__setattr__(self, "requirements", frozenset(self.requirements))
         if self.max_workers < 1:
             raise ValueError(f"task {self.id!r}: max_workers must be at least 1")
+        try:
+            amounts = {k: parse_amount(k, v) for k, v in (self.resources or {}).items()}
+        except ValueError as exc:
+            raise ValueError(f"task {self.id!r}: resources: {exc}") from None
+        object.__setattr__(self, "_shape", Demand.of(amounts, self.group).shape)
+
+    @property
+    def shape(self) -> str:
+        """What it holds while it runs (:class:`~.resources.Demand`, stored form)."""
+        return self._shape  # type: ignore[attr-defined,no-any-return]
 
     def spec(self) -> TaskSpec:
         return TaskSpec(
@@ -79,6 +103,7 @@ class Task(Generic[T]):
             max_workers=self.max_workers,
             priority=self.priority,
             retries=self.retries,
+            shape=self.shape,
         )
 
 
@@ -101,6 +126,10 @@ class Worker(Generic[T]):
     once it has waited that long without claiming anything while the tasks left are
     blocked by tasks running elsewhere (:attr:`stopped_idle` then tells why). ``clock``
     measures that wait (monotonic seconds; tests pass a fake one).
+
+    ``capacity``: what this worker's host offers (shared with every worker on it); None:
+    detected if a task declares resources, else nothing is counted. ``groups``: how many
+    tasks of each group may run at once, across all workers.
     """
 
     def __init__(
@@ -115,6 +144,8 @@ class Worker(Generic[T]):
         max_idle: float | None = None,
         max_backoff: float = MAX_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        capacity: Capacity | None = None,
+        groups: Mapping[str, int] | None = None,
     ) -> None:
         if max_idle is not None and max_idle < 0:
             raise ConfigError(f"max_idle must be >= 0 seconds, got {max_idle}")
@@ -133,6 +164,15 @@ class Worker(Generic[T]):
             k for k in keys if set(filter(None, k.split(","))) <= labels
         )
         self._join = any(t.max_workers > 1 for t in tasks.values())
+        self.groups = dict(groups or {})
+        shapes = {t.shape for t in tasks.values()} | {""}
+        if capacity is None and shapes != {""}:
+            capacity = detect()
+        self.capacity = capacity
+        self.room = Room(tuple(sorted(shapes)))
+        if capacity is not None:  # shapes this host can never hold are not claimed here
+            fits = [s for s in shapes if shortfall(demand_of(s), capacity, 1 << 30) is None]
+            self.room = Room(tuple(sorted(fits)), pool_name(socket.gethostname()), capacity)
         self._heartbeat: _Heartbeat | None = None
         self._alive = 1  # live workers: counted at start, by every heartbeat, when idle
         self._claimed: Claimed | None = None
@@ -151,6 +191,8 @@ class Worker(Generic[T]):
             pid=os.getpid(),
             labels=requirements_key(self.labels),
             timeout=self.settings.heartbeat_timeout,
+            capacity=self.capacity,
+            pool=self.room.host,
         )
         self.reap(local=True)
         self.sync()
@@ -163,7 +205,7 @@ class Worker(Generic[T]):
     def sync(self) -> bool:
         """Make the stored graph this worker's tasks (idempotent; a hash compare if equal)."""
         specs = [t.spec() for t in self.tasks.values()]
-        return self.store.sync_graph(specs, worker=self.identifier)
+        return self.store.sync_graph(specs, worker=self.identifier, limits=self.groups)
 
     def stop(self) -> None:
         if self._heartbeat is not None:
@@ -252,7 +294,9 @@ class Worker(Generic[T]):
                 if stop():
                     return None
                 self._check_policy()
-                polled = self.store.poll(self.identifier, allowed=self.allowed, join=self._join)
+                polled = self.store.poll(
+                    self.identifier, allowed=self.allowed, join=self._join, room=self.room
+                )
                 if polled is False:  # nothing left this worker may run
                     return None
                 claimed = None if polled is True else polled
@@ -344,6 +388,7 @@ class Worker(Generic[T]):
                 join=self._join,
                 ran=ran,
                 reason=reason,
+                room=self.room,
             )
             return nxt
         self.store.complete(

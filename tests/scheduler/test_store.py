@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from lauf_dvc import IllegalTransition, SchemaVersionError, Store, TaskState
 from lauf_dvc.scheduler import txn
+from lauf_dvc.scheduler.schema import SCHEMA_VERSION
 from lauf_dvc.scheduler.store import TaskSpec
 
 S = TaskState
@@ -239,7 +240,7 @@ def test_schema_version_mismatch_is_one_clear_line(db_url):
     with pytest.raises(SchemaVersionError) as err:
         Store(db_url).counts()
     message = str(err.value)
-    assert "schema version 999" in message and "needs 1" in message
+    assert "schema version 999" in message and f"needs {SCHEMA_VERSION}" in message
     assert "\n" not in message
 
 

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DVC_VENV := .venv-dvc
 DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-dvc test-cluster demo bench lint clean
+.PHONY: venv test test-dvc test-cluster test-browser demo bench lint clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,13 @@ $(DVC_STAMP): pyproject.toml
 test-cluster: venv
 	@bash tests/cluster/install.sh
 	LAUF_DVC_TEST_CLUSTER=1 $(BIN)/python -m pytest -p no:xdist tests/cluster $(PYTEST_ARGS)
+
+# `lauf-dvc report --html` of the example pipeline in a real headless Chromium (no console
+# errors, a bar per stage run, a screenshot) and `lauf-dvc dag --dot` through Graphviz.
+# Installs Debian's chromium and graphviz when they are missing and it may (root, apt).
+test-browser: venv
+	@bash tests/browser/install.sh
+	LAUF_DVC_TEST_BROWSER=1 $(BIN)/python -m pytest -p no:xdist -s tests/browser $(PYTEST_ARGS)
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc import termination
@@ -38,13 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("repro", help="reproduce stages in parallel, like `dvc repro`",
                        description="Reproduce stages in parallel workers. Every option of "
                        "`dvc repro` has DVC's meaning and default.")  # fmt: skip
-    r.add_argument("-j", "--jobs", type=int, help="local worker processes (default: 4)")
+    r.add_argument("-j", "--jobs", type=_jobs,
+                   help="local worker processes, or auto: as many as this host's capacity "
+                        "keeps busy (default: 4)")  # fmt: skip
+    _resources_option(r)
     _repro_options(r)
     r.add_argument("-i", "--interactive", action="store_true",
                    help="refused: parallel workers cannot ask before each stage")  # fmt: skip
     r.add_argument("--dry", action="store_true", help="print what would run and why")
 
     w = sub.add_parser("worker", help="join as one worker (e.g. in a SLURM array job)")
+    _resources_option(w)
     _repro_options(w)
     w.add_argument("--labels", default="", help="comma-separated labels (e.g. gpu)")
     w.add_argument("--identifier", help="unique worker name (default host:pid:random)")
@@ -100,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plugins", help="every plugin, where it comes from, its hooks")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rp = sub.add_parser("report", help="what a run did: timeline, critical path, failures",
+                        description="A run's stages per worker over time, its critical "
+                        "path, what ran and why, its failures and totals, from the "
+                        "database's audit trail: a summary, or one HTML page.")  # fmt: skip
+    rp.add_argument("--html", metavar="FILE", help="write a self-contained HTML page there")
+    rp.add_argument("--run", type=_which_run, default="last", metavar="last|all|N",
+                    help="the latest run (default), every run, or the Nth (1: first)")  # fmt: skip
+
+    dg = sub.add_parser("dag", help="the pipeline's graph, each stage with its state")
+    dg.add_argument("targets", nargs="*",
+                    help="them and what they depend on (default: every stage)")  # fmt: skip
+    form = dg.add_mutually_exclusive_group()
+    form.add_argument("--mermaid", action="store_true", help="a Mermaid flowchart")
+    form.add_argument("--dot", action="store_true", help="Graphviz dot")
     return p
 
 
@@ -112,6 +131,26 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def _jobs(text: str) -> int | str:
+    """An argparse type: ``auto`` or an integer >= 1."""
+    return "auto" if text.strip().lower() == "auto" else _count(text)
+
+
+def _resources_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resources", metavar="NAME=AMOUNT,...",
+                   help="this host's capacity, in place of what is detected: e.g. "
+                        "cpus=32,gpus=4,mem=128G,licence=1 (env LAUF_DVC_RESOURCES)")  # fmt: skip
+
+
+def _which_run(text: str) -> str | int:
+    """An argparse type: ``last``, ``all`` or a run's number (>= 1)."""
+    if text in ("last", "all"):
+        return text
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected last, all or a run number >= 1, got {text!r}")
+    return int(text)
 
 
 def _repro_options(p: argparse.ArgumentParser) -> None:
@@ -233,8 +272,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return ExitCode.USAGE
     policy = _policy(args)
-    project = open_project(cli=_settings(args, jobs=args.jobs, failure_policy=policy),
-                           prefetch_verdicts=args.dry, selection=_selection(args))  # fmt: skip
+    cli = _settings(args, jobs=args.jobs, failure_policy=policy, resources=args.resources)
+    project = open_project(cli=cli, prefetch_verdicts=args.dry,
+                           selection=_selection(args))  # fmt: skip
     _warn(missing_inputs(project.root, project.stages))
     if args.dry:
         store = project.store() if project.has_database() else None  # a look creates nothing
@@ -242,16 +282,19 @@ def cmd_repro(args: argparse.Namespace) -> int:
         return ExitCode.OK
     needs = {a: ss.requires for a, ss in project.stage_settings.items() if ss.requires}
 
-    def unrunnable(todo: list[Any]) -> None:  # said at once: local workers have no labels
+    def unrunnable(todo: list[Any], unfit: Mapping[str, str]) -> None:  # said at once
         _warn([f"stage {r.id!r}: {requires_text(needs[r.id])}, which the local workers of "
                f"`lauf-dvc repro` do not have: it runs only if a `lauf-dvc worker --labels "
                f"{','.join(needs[r.id])}` joins" for r in todo if r.id in needs])  # fmt: skip
+        _warn([f"stage {r.id!r}: it {unfit[r.id]}: it runs only if a `lauf-dvc worker` on a "
+               "host with more joins" for r in todo
+               if r.id in unfit and r.id not in needs])  # fmt: skip
 
     view = ProgressView(total=len(project.stages))
     try:
         result = repro(project, jobs=project.settings.jobs, options=from_flags(args),
-                       overrides={"failure_policy": policy}, on_progress=view.update,
-                       on_start=unrunnable)  # fmt: skip
+                       overrides={"failure_policy": policy, "resources": args.resources},
+                       on_progress=view.update, on_start=unrunnable)  # fmt: skip
     finally:
         view.close()
     print_summary(result, needs)
@@ -271,7 +314,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import print_worker_event
 
-    cli = _settings(args, failure_policy=_policy(args))
+    cli = _settings(args, failure_policy=_policy(args), resources=args.resources)
     if args.no_sync:  # started by `repro`: join the run its database holds
         project = open_project(cli=cli, from_store=True)
     else:
@@ -471,6 +514,67 @@ def _disabled_plugins() -> tuple[str, ...]:
     return ProjectSettings.resolve(None, yaml, source="dvc.yaml").disable_plugins
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lauf_dvc.report import analyse, summary_text
+    from lauf_dvc.report_html import html_page
+    from lauf_dvc.scheduler.audit import read_trail, runs
+    from lauf_dvc.scheduler.store import Store
+
+    project = _settings_only(args)
+    if not _recorded(project):
+        print(NO_RUN_YET, file=sys.stderr)
+        return ExitCode.OK
+    store = Store(project.db_url, lock=project.settings.lock)
+    try:
+        trail = read_trail(store)
+    finally:
+        store.dispose()
+    found = runs(trail)
+    if not found:  # stages synced, none run by a worker yet
+        print(NO_RUN_YET, file=sys.stderr)
+        return ExitCode.OK
+    if isinstance(args.run, int) and args.run > len(found):
+        print(f"lauf-dvc: error: no run {args.run}: the database holds {len(found)} run(s) "
+              "(--run last, all, or 1 to that)", file=sys.stderr)  # fmt: skip
+        return ExitCode.USAGE
+    if args.run == "last":
+        chosen = found[-1:]
+    else:
+        chosen = found if args.run == "all" else [found[int(args.run) - 1]]
+    reports = [analyse(run, trail.dependencies, len(found)) for run in chosen]
+    if not args.html:
+        print(summary_text(reports), end="")
+        return ExitCode.OK
+    Path(args.html).write_text(html_page(reports, generated=trail.now), encoding="utf-8")
+    bars = sum(len(r.run.attempts) for r in reports)
+    which = f"run {chosen[0].number} of" if len(chosen) == 1 else f"{len(chosen)} run(s) of"
+    print(f"wrote {args.html}: {which} {len(found)}, {bars} stage run(s)")
+    return ExitCode.OK
+
+
+def cmd_dag(args: argparse.Namespace) -> int:
+    from lauf_dvc import dag
+    from lauf_dvc.dvc.project import open_project
+    from lauf_dvc.scheduler.store import Store
+
+    # no targets: every stage, as `dvc dag`; targets (from the cwd): them and upstream
+    selection = Selection(tuple(args.targets), cwd=os.getcwd()) if args.targets else None
+    project = open_project(cli=_settings(args), selection=selection)
+    states: dict[str, tuple[str, str | None]] = {}
+    if project.has_database():  # a look creates nothing
+        store = Store(project.db_url, lock=project.settings.lock)
+        try:
+            states = {r.id: (r.state.value, r.reason) for r in store.task_rows()}
+        finally:
+            store.dispose()
+    graph = dag.nodes([(s.address, s.upstream) for s in project.stages], states)
+    render = dag.mermaid if args.mermaid else dag.dot if args.dot else dag.text
+    print(render(graph), end="")
+    return ExitCode.OK
+
+
 COMMANDS = {
     "repro": cmd_repro,
     "worker": cmd_worker,
@@ -481,4 +585,6 @@ COMMANDS = {
     "prune": cmd_prune,
     "submit": cmd_submit,
     "plugins": cmd_plugins,
+    "report": cmd_report,
+    "dag": cmd_dag,
 }

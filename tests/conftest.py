@@ -14,6 +14,9 @@ import pytest
 # tests/cluster starts SLURM's daemons as root: collected only by `make test-cluster`
 # (which sets this), not skipped by the dozen in every `make test`.
 collect_ignore = [] if os.environ.get("LAUF_DVC_TEST_CLUSTER") == "1" else ["cluster"]
+# tests/browser needs Debian's chromium and graphviz: only `make test-browser` sets this.
+if os.environ.get("LAUF_DVC_TEST_BROWSER") != "1":
+    collect_ignore.append("browser")
 
 
 @pytest.fixture(scope="session", autouse=True)

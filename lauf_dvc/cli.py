@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -193,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tame_dvc_logging(level)
         return int(COMMANDS[args.command](args))
     except LaufError as exc:
-        print(f"lauf-dvc: error: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # a full disk under stderr: keep the exit code
+            print(f"lauf-dvc: error: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("lauf-dvc: interrupted", file=sys.stderr)

@@ -168,6 +168,16 @@ def test_unknown_lauf_key(repo: Path) -> None:
     assert_refused(repo, (*RUN_AND_JOIN, ("status",)), ExitCode.CONFIG, message)
 
 
+def test_an_error_keeps_its_exit_code_when_stderr_cannot_be_written(repo: Path) -> None:
+    """A full disk under the log a worker's stderr goes to: the line is lost, its exit
+    code is not (it was 70, an "internal error", when printing the error failed)."""
+    edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      jbos: 2\n" + t)
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        proc = subprocess.run([sys.executable, "-m", "lauf_dvc", "status"], cwd=repo,
+                              stdout=subprocess.DEVNULL, stderr=full, timeout=120)  # fmt: skip
+    assert proc.returncode == ExitCode.CONFIG
+
+
 def test_lauf_key_of_the_wrong_type(repo: Path) -> None:
     edit(repo, "dvc.yaml", lambda t: "vars:\n  - lauf:\n      jobs: many\n" + t)
     message = (

@@ -400,6 +400,14 @@ def _start(
         os._exit(code)
 
 
+def _said(line: str, code: int) -> int:
+    """Print ``line`` to the worker's log and return ``code``, even if the log's disk is
+    full (the exit code is what the parent reports: 74 for a full disk, not 70)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+    return code
+
+
 def _child(project: Project, ident: str, options: StageOptions) -> int:
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import fresh_consoles, print_worker_event
@@ -409,24 +417,21 @@ def _child(project: Project, ident: str, options: StageOptions) -> int:
         report = run_worker(project, identifier=ident, do_sync=False, options=options,
                             on_event=print_worker_event, max_backoff=LOCAL_BACKOFF)  # fmt: skip
     except LaufError as exc:
-        print(f"lauf-dvc: error: {exc}", file=sys.stderr, flush=True)
-        return int(exc.exit_code)
+        return _said(f"lauf-dvc: error: {exc}", int(exc.exit_code))
     except KeyboardInterrupt:
-        print("lauf-dvc: interrupted", file=sys.stderr, flush=True)
-        return int(ExitCode.INTERRUPTED)
+        return _said("lauf-dvc: interrupted", int(ExitCode.INTERRUPTED))
     except Terminated as exc:
-        print(f"lauf-dvc: terminated ({exc.name})", file=sys.stderr, flush=True)
-        return exc.exit_code
+        return _said(f"lauf-dvc: terminated ({exc.name})", exc.exit_code)
     except BaseException:
-        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
         return int(ExitCode.INTERNAL)
     finally:
         with contextlib.suppress(OSError):  # a full disk under the log: keep the exit code
             sys.stdout.flush()
             sys.stderr.flush()
-    if report.stopped:
-        print(f"lauf-dvc: worker stopped: {report.stopped}", file=sys.stderr, flush=True)
-    return int(ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK)
+    code = int(ExitCode.STAGE_FAILED if report.failed or report.stopped else ExitCode.OK)
+    return _said(f"lauf-dvc: worker stopped: {report.stopped}", code) if report.stopped else code
 
 
 def _interrupt(procs: list[_Proc], project: Project, store: Store) -> None:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -344,3 +345,42 @@ def test_a_job_sbatch_refuses_is_one_line_naming_the_script(cluster, tmp_path):
         "lauf-dvc: error: sbatch refused the job: sbatch: error: Batch job submission failed: "
         f"Invalid partition name specified; the script is {script}"
     ]
+
+
+ENV_PROBE = r"""
+import json, os, sys
+keys = ("LAUF_DVC_CPUS", "OMP_NUM_THREADS", "SLURM_CPUS_ON_NODE", "SLURM_JOB_ID")
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+open(sys.argv[1], "w").write(json.dumps({k: os.environ.get(k) for k in keys}))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_stage_resources_come_from_each_jobs_allocation(cluster, tmp_path):
+    """Stages that declare ``cpus: 2`` under `lauf-dvc submit --cpus-per-task 2`: each
+    array task's worker detects its job's 2 CPUs (SLURM_CPUS_ON_NODE), counts them in a
+    pool of its own (two jobs on one node do not share), and tells the command."""
+    stages = {f"fit{i}": {"cmd": f"python probe.py out/fit{i}.json", "deps": ["probe.py"],
+                          "outs": [f"out/fit{i}.json"], "meta": {"lauf": {"cpus": 2}}}
+              for i in range(4)}  # fmt: skip
+    files = {"probe.py": ENV_PROBE, "dvc.yaml": yaml.safe_dump({"stages": stages})}
+    root = make_repo(tmp_path / "repo", files)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.hardlink_lock", "true"],
+                   cwd=root, check=True)  # fmt: skip
+    env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = lauf(root, "submit", "--workers", "2", "--cpus-per-task", "2", env=env)
+    assert res.code == 0, res.err
+    job = re.match(r"submitted job (\d+)", res.out)[1]
+    cluster.jobs.append(job)
+    tasks = cluster.wait(job, 2, timeout=240)
+    assert {f["JobState"] for f in tasks.values()} == {"COMPLETED"}, tasks
+    seen = [json.loads((root / "out" / f"fit{i}.json").read_text()) for i in range(4)]
+    assert {(s["LAUF_DVC_CPUS"], s["OMP_NUM_THREADS"], s["SLURM_CPUS_ON_NODE"]) for s in seen} == {
+        ("2", "2", "2")
+    }
+    db = root / ".dvc" / "tmp" / "lauf" / "lauf.sqlite"
+    with sqlite3.connect(db) as conn:
+        pools = dict(conn.execute("SELECT pool, capacity FROM lauf_workers").fetchall())
+    assert all(":slurm-" in pool for pool in pools), pools
+    assert {json.loads(cap)["cpus"] for cap in pools.values()} == {2}
+    assert dvc_status(root) == {}

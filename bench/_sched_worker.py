@@ -35,6 +35,9 @@ def graph(shape: str, n: int) -> list[tuple[str, list[str]]]:
 def run_lauf(db: str, nodes: list[tuple[str, list[str]]]) -> int:
     from lauf_dvc import Graphband, Task
 
+    if os.environ.get("LAUF_BENCH_COUNTED") == "1":  # every claim counts the host's usage
+        tasks = [Task(i, dependencies=d, resources={"cpus": 1}) for i, d in nodes]
+        return sum(1 for _ in Graphband(tasks, db=db, resources="cpus=1024"))
     tasks = [Task(i, dependencies=d) for i, d in nodes]
     return sum(1 for _ in Graphband(tasks, db=db))
 

@@ -9,6 +9,7 @@ temporary directory, over a unix socket), with a fresh database per measurement.
     python bench/scheduler.py [--quick] [--backend sqlite,postgresql] [--workers 1,4,8,16]
                               [--shapes independent,layered,chain] [--n 500,2000,10000]
                               [--pg-n 10000] [--no-laufband] [--max-laufband-n 2000]
+                              [--counted]   (tasks declare cpus: 1: every claim counts)
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def main() -> None:
     ap.add_argument("--no-laufband", action="store_true")
     ap.add_argument("--max-laufband-n", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--counted", action="store_true",
+                    help="lauf's tasks declare resources (cpus: 1) and its workers a "
+                         "capacity: every claim counts what the host holds")  # fmt: skip
     args = ap.parse_args()
+    if args.counted:
+        os.environ["LAUF_BENCH_COUNTED"] = "1"  # the worker processes inherit it
     backends = [b for b in args.backend.split(",") if b]
     ns = {
         "sqlite": args.n or ([500, 2000] if args.quick else [500, 2000, 10000]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -196,35 +197,46 @@ def test_bad_resources_are_one_line_and_exit_3(tmp_path, meta, args, message) ->
     assert not (tmp_path / "probe.log").exists()
 
 
-def test_a_killed_worker_gives_its_gpu_back(tmp_path) -> None:
-    """A worker killed (SIGKILL, its command with it) while it holds the only GPU: the
-    stage is retried and the GPU taken again, by a worker of the same host."""
+def test_a_killed_worker_gives_its_gpu_back_when_its_heartbeat_expires(tmp_path) -> None:
+    """Two workers of one host, one GPU: the one holding it is killed (SIGKILL, its
+    command with it) while the other waits; once the dead one's heartbeat expires, the
+    other reaps it, runs the stage again and gets the GPU."""
     stages = {"first": {"gpus": 1}, "second": {"gpus": 1}}
-    root = init_repo(tmp_path / "repo", {"probe.py": PROBE, "dvc.yaml": pipeline(stages, 1.0)})
+    root = init_repo(tmp_path / "repo", {"probe.py": PROBE, "dvc.yaml": pipeline(stages, 1.5)})
     log = tmp_path / "probe.log"
     env = {**os.environ, "PROBE_LOG": str(log), "LAUF_DVC_RESOURCES": "gpus=1",
            "LAUF_DVC_HEARTBEAT_INTERVAL": "0.5", "LAUF_DVC_HEARTBEAT_TIMEOUT": "2"}  # fmt: skip
     cmd = [sys.executable, "-m", "lauf_dvc", "worker"]
-    doomed = subprocess.Popen(cmd, cwd=root, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 60
-    while not (log.exists() and "start" in log.read_text()):
-        assert time.time() < deadline and doomed.poll() is None, "no stage started"
+    workers = [subprocess.Popen([*cmd, "--identifier", f"w{i}"], cwd=root, env=env,
+                                start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in (1, 2)]  # fmt: skip
+    db = root / ".dvc" / "tmp" / "lauf" / "lauf.sqlite"
+    holder = None
+    deadline = time.time() + 90
+    while holder is None:  # the worker holding the GPU, once both are registered
+        assert time.time() < deadline, "no stage started"
         time.sleep(0.05)
+        if not db.exists():
+            continue
+        with sqlite3.connect(db) as conn:
+            registered = conn.execute("SELECT count(*) FROM lauf_workers").fetchone()[0]
+            held = conn.execute("SELECT worker, devices FROM lauf_assignments").fetchall()
+        if registered == 2 and held:
+            ((holder, devices),) = held
+            assert devices == "0"
+    doomed = next(p for p, name in zip(workers, ("w1", "w2"), strict=True) if name == holder)
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its stage's command
     doomed.wait()
-    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
+    survivor = next(p for p in workers if p is not doomed)
+    _, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err
     runs = intervals(log)
     assert sorted(runs) == ["first", "second"] and all("end" in r for r in runs.values())
     assert {r["CUDA_VISIBLE_DEVICES"] for r in runs.values()} == {"0"}
-    history = subprocess.run([sys.executable, "-m", "lauf_dvc", "history", "--json", "first"],
-                             cwd=root, env=env, capture_output=True, text=True).stdout  # fmt: skip
-    killed = [e for e in json.loads(history) if e["state"] == "killed"]
-    if not killed:  # the kill came while it was the second stage that ran
-        history = subprocess.run(
-            [sys.executable, "-m", "lauf_dvc", "history", "--json", "second"],
-            cwd=root, env=env, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        killed = [e for e in json.loads(history) if e["state"] == "killed"]
-    assert killed, "the stage the killed worker held was not given back"
+    with sqlite3.connect(db) as conn:
+        killed = conn.execute(
+            "SELECT task_id, reason FROM lauf_events WHERE state = 'killed'"
+        ).fetchall()
+        states = dict(conn.execute("SELECT id, state FROM lauf_tasks").fetchall())
+    assert len(killed) == 1 and f"worker {holder} stopped sending heartbeats" in killed[0][1]
+    assert len(states) == 2 and set(states.values()) == {"completed"}, states

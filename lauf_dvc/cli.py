@@ -191,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # from install() on, a SIGTERM may arrive during any import
         if args.command in ("repro", "worker"):
             termination.install()
-        _tame_dvc_logging(level)
+        from lauf_dvc.dvc.logs import tame_dvc_logging
+
+        tame_dvc_logging(level)
         return int(COMMANDS[args.command](args))
     except LaufError as exc:
         with contextlib.suppress(OSError):  # a full disk under stderr: keep the exit code
@@ -220,23 +222,6 @@ def _unexpected(exc: Exception) -> str:
         return f"error: {exc.strerror or text}{where}: check permissions and free space"
     name = type(exc).__name__
     return f"internal error: {name}: {text}; run with -v for the traceback and report it"
-
-
-def _tame_dvc_logging(level: int) -> None:
-    """DVC's loggers at ``level``, through our handler only.
-
-    Importing ``dvc`` runs ``dvc.logger.setup()``: its loggers go to INFO with handlers of
-    their own on stdout ("Updating lock file 'dvc.lock'" in the middle of our output, and
-    every warning twice). Setting the level before that import is undone by it, so import
-    it first (cheap: ``dvc/__init__`` imports little else), then take over.
-    """
-    import dvc.logger  # noqa: F401  (runs DVC's setup now, once per process)
-
-    for name in ("dvc", "dvc_objects", "dvc_data"):
-        logger = logging.getLogger(name)
-        logger.setLevel(level)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

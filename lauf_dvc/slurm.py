@@ -162,8 +162,8 @@ def plan_job(
     (``selection``: the stages its targets and options name). The pipeline is loaded
     first, so a wrong target fails here, not in every array task."""
     from lauf_dvc.dvc.project import open_project, read_lauf_vars
+    from lauf_dvc.netfs import network_filesystem
     from lauf_dvc.scheduler.engine import sqlite_lock_mode
-    from lauf_dvc.scheduler.netfs import network_filesystem
 
     worker = worker_options(args, options)
     if "--all-pipelines" in worker:

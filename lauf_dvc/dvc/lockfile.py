@@ -29,7 +29,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.speedups import safe_yaml
+from lauf_dvc.dvc.yamlparse import safe_yaml
 
 if TYPE_CHECKING:
     from dvc.stage import PipelineStage

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lauf_dvc.config import ProjectSettings, StageSettings
 from lauf_dvc.dvc.pipeline import StageInfo, dvc_errors, reword
 from lauf_dvc.dvc.plan import Selection
+from lauf_dvc.dvc.verdictcache import StageVerdict
 from lauf_dvc.errors import ConfigError, PipelineError
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
@@ -289,16 +290,6 @@ def _dvc_judged(project: Project) -> set[str]:
 
 
 # -- staleness ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageVerdict:
-    """Does one stage need to run, and why; ``source`` says who decided."""
-
-    address: str
-    changed: bool
-    reasons: tuple[str, ...]
-    source: str = "dvc status"
 
 
 def stage_verdicts(

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc.atomic import write_json
 from lauf_dvc.errors import LockTimeout
-from lauf_dvc.scheduler.netfs import network_filesystem
+from lauf_dvc.netfs import network_filesystem
 
 if TYPE_CHECKING:
     from dvc.repo import Repo

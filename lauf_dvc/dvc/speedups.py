@@ -24,6 +24,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+
 _installed = False
 _lock = threading.Lock()
 READ_HOOKS: list[Callable[[str], None]] = []  # told each file _YamlCache reads (pipecache)
@@ -99,20 +101,6 @@ class _CachingVoluptuous(types.ModuleType):
             cached = (schema, self._real.Schema(schema))
             self._compiled[id(schema)] = cached
         return cached[1]
-
-
-_parsers = threading.local()
-
-
-def safe_yaml() -> Any:
-    """This thread's ``ruamel.yaml.YAML(typ="safe")``: the parser DVC's ``parse_yaml``
-    uses, made once (DVC makes one per file, a good part of parsing a small file)."""
-    parser = getattr(_parsers, "safe", None)
-    if parser is None:
-        from ruamel.yaml import YAML
-
-        parser = _parsers.safe = YAML(typ="safe")
-    return parser
 
 
 @contextlib.contextmanager
@@ -202,8 +190,6 @@ class _YamlCache:
 
     def _lockfile(self, text: str, schema: Any) -> dict[str, Any] | None:
         from dvc.schema import COMPILED_LOCKFILE_SCHEMA
-
-        from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
 
         if schema is not COMPILED_LOCKFILE_SCHEMA:
             return None

@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,19 @@ from lauf_dvc.dvc.pipecache import RACY, file_stat, versions
 
 if TYPE_CHECKING:
     from lauf_dvc.dvc.pipeline import StageInfo
-    from lauf_dvc.dvc.project import StageVerdict
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    """Does one stage need to run, and why; ``source`` says who decided."""
+
+    address: str
+    changed: bool
+    reasons: tuple[str, ...]
+    source: str = "dvc status"
+
 
 FILE = "verdicts.json"  # under .dvc/tmp/lauf
 FORMAT = 1
@@ -86,7 +97,6 @@ class Keys:
 
 def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
     """The stored verdicts whose key still holds."""
-    from lauf_dvc.dvc.project import StageVerdict
 
     try:
         stored = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))

@@ -47,7 +47,7 @@ def completion_fingerprint(
     ``dvc``: read from the ``dvc.lock`` entry the run wrote or found (nothing re-hashed);
     another fingerprinter: computed now, from the files the stage just wrote.
     """
-    from lauf_dvc.builtin.dvc_fingerprint import from_lock_entry
+    from lauf_dvc.dvc.fingerprinter import from_lock_entry
     from lauf_dvc.fingerprint import FingerprintContext
 
     name = project.fingerprinter(stage.address)

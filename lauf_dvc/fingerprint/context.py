@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from lauf_dvc.fingerprint.statcache import StatCache
 
 if TYPE_CHECKING:
-    from dvc.repo import Repo
-
     from lauf_dvc.dvc.pipeline import StageInfo
     from lauf_dvc.fingerprint.model import Fingerprint
 
@@ -70,7 +68,7 @@ class FingerprintContext:
         *,
         lauf_dir: str | Path | None = None,
         stat_cache: StatCache | None = _UNSET,
-        dvc_repo: Repo | None = None,
+        dvc_repo: Any = None,  # a dvc.repo.Repo
     ) -> None:
         self.root = Path(root).resolve()
         self.lauf_dir = Path(lauf_dir) if lauf_dir is not None else self.root / LAUF_DIR
@@ -97,12 +95,12 @@ class FingerprintContext:
             PipelineError: the file cannot be parsed.
         """
         if path not in self._params:
-            from lauf_dvc.fingerprint.params import load_params_file
+            from lauf_dvc.dvc.params import load_params_file
 
             self._params[path] = load_params_file(self.root, path)
         return self._params[path]
 
-    def dvc_repo(self) -> Repo:
+    def dvc_repo(self) -> Any:  # a dvc.repo.Repo
         """An open ``dvc.repo.Repo`` for the root (not locked: lock it to read dvc.lock)."""
         if self._repo is None:
             from lauf_dvc.dvc.pipeline import make_repo

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lauf_dvc.scheduler.netfs import MountTable, network_filesystem
+from lauf_dvc.netfs import MountTable, network_filesystem
 
 log = logging.getLogger(__name__)
 

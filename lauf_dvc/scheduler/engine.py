@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from lauf_dvc.config import LOCK_MODES
 from lauf_dvc.errors import ConfigError, StoreError
-from lauf_dvc.scheduler.netfs import MountTable, network_filesystem
+from lauf_dvc.netfs import MountTable, network_filesystem
 
 log = logging.getLogger(__name__)
 

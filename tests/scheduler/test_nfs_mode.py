@@ -12,14 +12,14 @@ import pytest
 
 from lauf_dvc import ConfigError, Graphband, Store, StoreError, Task
 from lauf_dvc.config import SchedulerSettings
-from lauf_dvc.scheduler.engine import sqlite_lock_mode
-from lauf_dvc.scheduler.locks import LockSet
-from lauf_dvc.scheduler.netfs import (
+from lauf_dvc.netfs import (
     filesystem_type,
     is_network_filesystem,
     mount_table,
     network_filesystem,
 )
+from lauf_dvc.scheduler.engine import sqlite_lock_mode
+from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.store import TaskSpec
 from lauf_dvc.scheduler.worker import IDLE_POLL_BUDGET, MAX_BACKOFF, Worker
 

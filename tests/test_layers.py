@@ -1,0 +1,96 @@
+"""The package's layering, from its source: who may import whom (every import, at any
+depth: a function-level import is an arrow too), and no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lauf_dvc"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, *, typing_only: bool) -> set[str]:
+    """Every module ``path`` imports, anywhere in it; ``typing_only``: also those under
+    ``if TYPE_CHECKING:`` (they are no arrow at run time, but still a dependency)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if (
+                isinstance(child, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(child.test)
+                and not typing_only
+            ):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                found.add(child.module)
+                found.update(f"{child.module}.{a.name}" for a in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def arrows(*, typing_only: bool) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(MODULES)
+    for name, path in MODULES.items():
+        for target in imports(path, typing_only=typing_only):
+            if target in MODULES and target != name and not name.startswith(target + "."):
+                graph.add_edge(name, target)
+    return graph
+
+
+def importers_of(prefix: str, *, within: str = "lauf_dvc") -> set[str]:
+    """Modules under ``within`` that import ``prefix`` or anything below it."""
+    return {
+        name
+        for name, path in MODULES.items()
+        if name.startswith(within)
+        and any(i == prefix or i.startswith(prefix + ".") for i in imports(path, typing_only=True))
+    }
+
+
+def test_only_the_adapter_imports_dvc() -> None:
+    assert {m for m in importers_of("dvc") if not m.startswith("lauf_dvc.dvc")} == set()
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("lauf_dvc.scheduler", "dvc"),
+        ("lauf_dvc.scheduler", "lauf_dvc.dvc"),
+        ("lauf_dvc.fingerprint", "lauf_dvc.scheduler"),
+        ("lauf_dvc.resources", "lauf_dvc.scheduler"),
+        ("lauf_dvc.states", "lauf_dvc.scheduler"),
+        ("lauf_dvc.errors", "lauf_dvc"),
+    ],
+)
+def test_a_lower_layer_never_imports_a_higher_one(lower, upper) -> None:
+    offenders = {m for m in importers_of(upper, within=lower) if not m.startswith(upper)}
+    assert offenders == set(), f"{lower} imports {upper}"
+
+
+def test_no_import_cycles() -> None:
+    cycles = list(nx.simple_cycles(arrows(typing_only=False)))
+    assert cycles == []
+
+
+def test_the_checker_sees_function_level_imports() -> None:
+    """The graph is not only module-level imports: it would miss cycles hidden in them."""
+    assert "lauf_dvc.dvc.pipeline" in imports(
+        MODULES["lauf_dvc.dvc.fingerprinter"], typing_only=False
+    )

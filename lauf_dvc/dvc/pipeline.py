@@ -514,7 +514,8 @@ def _rootify(text: str, root: str) -> str:
 
 
 def _yaml_syntax(exc: Any, root: str) -> str:
-    where = _rel_root(root, os.path.abspath(exc.relpath))
+    # ``relpath`` since DVC 3.62 or so; 3.61 has only ``path`` (the file as given)
+    where = _rel_root(root, os.path.abspath(getattr(exc, "relpath", None) or exc.path))
     cause = exc.exc.__cause__ if exc.exc is not None else None
     problem = getattr(cause, "problem", None)
     mark = getattr(cause, "problem_mark", None)

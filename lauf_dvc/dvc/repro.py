@@ -270,7 +270,10 @@ def _run_workers(
     if on_progress:
         _follow(store, cursor, on_progress, started)
     # 1: a stage failed; 10: stages were left that no worker may take (both reported apart)
-    return [(p.returncode or 0, _death(p)) for p in procs if p.returncode not in (0, 1, 10)]
+    deaths = [(p.returncode or 0, _death(p)) for p in procs if p.returncode not in (0, 1, 10)]
+    for p in procs:
+        p.last_words()  # closes the pipe of those that ended well
+    return deaths
 
 
 def _follow(
@@ -307,7 +310,8 @@ def _death(p: _Proc) -> str:
         lines = p.log_path.read_text(errors="replace").strip().splitlines()
     except OSError:
         lines = []
-    last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    logged = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+    last = p.last_words() or logged
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
     return f"worker {p.pid} {how}: {last} (log: {p.log_path})"
 
@@ -342,6 +346,24 @@ class _Proc:
         self.pidfd: int | None = None  # readable once the process exits (Linux >= 5.3)
         with contextlib.suppress(AttributeError, OSError):
             self.pidfd = os.pidfd_open(pid)
+        #: a forked worker's last words (its error line), through a pipe: its log may be
+        #: on the disk that filled up, and lose the line that says so
+        self.words: int | None = None
+
+    def last_words(self) -> str | None:
+        """The line the worker ended with, sent through its pipe (None: none sent)."""
+        if self.words is None:
+            return None
+        try:
+            os.set_blocking(self.words, False)
+            data = os.read(self.words, 65536)
+        except OSError:
+            data = b""
+        finally:
+            os.close(self.words)
+            self.words = None
+        lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+        return next((line for line in reversed(lines) if line), None)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -382,11 +404,18 @@ def _start(
         return _Proc(popen.pid, ident, log_path, popen)
     sys.stdout.flush()
     sys.stderr.flush()
+    words, said = os.pipe()
     pid = os.fork()
     if pid:
-        return _Proc(pid, ident, log_path, None)
+        os.close(said)
+        proc = _Proc(pid, ident, log_path, None)
+        proc.words = words
+        return proc
     code = int(ExitCode.INTERNAL)
     try:  # the child: never returns into the parent's code
+        global _LAST_WORDS
+        os.close(words)
+        _LAST_WORDS = said
         os.setsid()
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
@@ -400,11 +429,19 @@ def _start(
         os._exit(code)
 
 
+#: In a forked worker: the pipe its last words go to (see :meth:`_Proc.last_words`).
+_LAST_WORDS: int | None = None
+
+
 def _said(line: str, code: int) -> int:
-    """Print ``line`` to the worker's log and return ``code``, even if the log's disk is
-    full (the exit code is what the parent reports: 74 for a full disk, not 70)."""
+    """Print ``line`` to the worker's log, and send it to the parent, and return
+    ``code``, even if the log's disk is full (the exit code is what the parent reports:
+    74 for a full disk, not 70; the line reaches it through the pipe)."""
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
+    if _LAST_WORDS is not None:
+        with contextlib.suppress(OSError):
+            os.write(_LAST_WORDS, (line + "\n").encode()[:4096])
     return code
 
 

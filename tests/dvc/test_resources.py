@@ -218,9 +218,12 @@ def test_a_killed_worker_gives_its_gpu_back_when_its_heartbeat_expires(tmp_path)
         time.sleep(0.05)
         if not db.exists():
             continue
-        with sqlite3.connect(db) as conn:
-            registered = conn.execute("SELECT count(*) FROM lauf_workers").fetchone()[0]
-            held = conn.execute("SELECT worker, devices FROM lauf_assignments").fetchall()
+        try:
+            with sqlite3.connect(db) as conn:
+                registered = conn.execute("SELECT count(*) FROM lauf_workers").fetchone()[0]
+                held = conn.execute("SELECT worker, devices FROM lauf_assignments").fetchall()
+        except sqlite3.OperationalError:  # the first worker is creating the tables
+            continue
         if registered == 2 and held:
             ((holder, devices),) = held
             assert devices == "0"

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DVC_VENV := .venv-dvc
 DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-dvc test-cluster test-browser demo bench lint clean
+.PHONY: venv test test-dvc test-dvc-low test-cluster test-browser demo bench lint clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,26 @@ $(DVC_STAMP): pyproject.toml
 	$(DVC_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(DVC_VENV)/bin/python -m pip install --quiet -e . 'dvc[tests]'
 	rm -f $(DVC_VENV)/.installed-*
+	touch $@
+
+# The DVC-facing tests (equivalence with dvc repro, status agreement, errors, the API)
+# on the lowest DVC pyproject.toml allows (tests/constraints/dvc-lowest.txt); `make test`
+# runs everything on the newest DVC pip finds.
+LOW_VENV := .venv-dvc-low
+LOW_STAMP := $(LOW_VENV)/.installed-$(shell cat pyproject.toml tests/constraints/dvc-lowest.txt | cksum | cut -d' ' -f1)
+LOW_TESTS := tests/dvc/test_dropin.py tests/dvc/test_fingerprint_sync.py tests/dvc/test_pipeline.py \
+	tests/dvc/test_lockfile.py tests/dvc/test_runner.py tests/dvc/test_api.py
+
+test-dvc-low: $(LOW_STAMP)
+	$(LOW_VENV)/bin/python -c "import dvc; print('DVC', dvc.__version__)"
+	$(LOW_VENV)/bin/python -m pytest -n 2 $(LOW_TESTS) $(PYTEST_ARGS)
+
+$(LOW_STAMP): pyproject.toml tests/constraints/dvc-lowest.txt
+	test -x $(LOW_VENV)/bin/python || $(PYTHON) -m venv $(LOW_VENV)
+	$(LOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOW_VENV)/bin/python -m pip install --quiet -c tests/constraints/dvc-lowest.txt -e '.[test]'
+	@for p in plugins/*/; do $(LOW_VENV)/bin/python -m pip install --quiet -e "$$p"; done
+	rm -f $(LOW_VENV)/.installed-*
 	touch $@
 
 # A real single-node SLURM cluster (munged, slurmctld, slurmd in a temporary folder, as
@@ -72,4 +92,4 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) $(DVC_VENV) $(PEERS_VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DVC_VENV) $(LOW_VENV) $(PEERS_VENV) .cache .pytest_cache .ruff_cache

@@ -90,6 +90,8 @@ bench: venv $(PEERS_VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(DVC_VENV) $(LOW_VENV) $(PEERS_VENV) .cache .pytest_cache .ruff_cache

@@ -224,10 +224,10 @@ def never_fits(demand: Demand, capacities: Iterable[tuple[Capacity, int]]) -> st
 
 def parse_resources(text: str | Mapping[str, object], *, where: str) -> dict[str, int]:
     """``cpus=32,gpus=4,mem=128G,licence=1`` (or a mapping) as amounts. ValueError."""
+    items: list[tuple[str, object]] = []
     if isinstance(text, Mapping):
         items = [(str(k), v) for k, v in text.items()]
     elif isinstance(text, str):
-        items = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, eq, value = part.partition("=")
             if not eq:
@@ -236,9 +236,9 @@ def parse_resources(text: str | Mapping[str, object], *, where: str) -> dict[str
     else:
         raise ValueError(f"{where}: expected NAME=AMOUNT,..., got {text!r}")
     out: dict[str, int] = {}
-    for name, value in items:
+    for key, amount in items:
         try:
-            out[name] = parse_amount(name, value)
+            out[key] = parse_amount(key, amount)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
     return out

@@ -173,7 +173,7 @@ def _dvc_dry_run(
 
     kwargs = {k: getattr(options, k) for k in _STAGE_KWARGS}
     with contextlib.chdir(selection.cwd or os.getcwd()):
-        return dvc_reproduce(  # type: ignore[no-any-return]
+        return dvc_reproduce(
             repo, list(selection.targets) or None, recursive=selection.recursive,
             pipeline=selection.pipeline, all_pipelines=selection.all_pipelines,
             downstream=selection.downstream, single_item=selection.single_item,

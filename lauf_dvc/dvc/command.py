@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -113,10 +114,11 @@ def run_command(
     except BaseException:
         record.unlink(missing_ok=True)
         raise
-    assert proc.stdout is not None
+    stream = proc.stdout
+    assert isinstance(stream, io.BufferedReader)  # binary, buffered (Popen's default)
     try:
         started = False
-        while chunk := proc.stdout.read1(CHUNK):
+        while chunk := stream.read1(CHUNK):
             output.write(chunk)
             if not started:
                 started = True
@@ -126,7 +128,7 @@ def run_command(
         stop(proc, token, signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
         raise
     finally:
-        proc.stdout.close()
+        stream.close()
         record.unlink(missing_ok=True)
 
 
@@ -254,6 +256,6 @@ def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None

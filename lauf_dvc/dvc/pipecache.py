@@ -88,7 +88,7 @@ class Recording:
             git = os.path.join(self.root, ".git", "info", "exclude")
             dvc = [os.path.join(self.root, ".dvc", n) for n in ("config", "config.local")]
             files.update([git, *dvc])
-            snap = {
+            snap: dict[str, Any] = {
                 "format": FORMAT,
                 "versions": versions(),
                 "time": self.started,

@@ -193,7 +193,7 @@ def open_project(
     cached = pipecache.load(root, lauf_dir) if whole or selection is not None else None
     if cached is not None:
         lauf_vars, stages = cached
-        picked = stages if whole else select_cached(root, stages, selection)
+        picked = stages if whole or selection is None else select_cached(root, stages, selection)
         if picked is not None:  # nothing the pipeline is built from changed since last time
             project = _project(root, cli, lauf_vars, picked)
             if from_store:
@@ -444,7 +444,7 @@ def _status_unlocked(stage: Any) -> dict[str, Any]:
     """
     from dvc.stage import Stage
 
-    return Stage.status.__wrapped__(stage)  # type: ignore[attr-defined, no-any-return]
+    return Stage.status.__wrapped__(stage)
 
 
 def _with_param_values(stage: Any, reasons: tuple[str, ...]) -> tuple[str, ...]:
@@ -512,7 +512,8 @@ def sync(
     """
     if store is None and not dry:
         raise ValueError("sync needs a store unless dry")
-    if reset_failures and not dry:  # a new run retries what failed in the last one
+    if reset_failures and not dry:
+        assert store is not None  # a new run retries what failed in the last one
         store.reset(
             [r.id for r in store.task_rows() if r.state in (S.FAILED, S.KILLED)],
             worker=worker,
@@ -537,7 +538,7 @@ def sync(
             will_run[a] = "; ".join(verdict.reasons) or "changed"
         elif upstream is not None:  # the chain of causes: upstream b <- upstream a <- why
             will_run[a] = f"upstream {upstream} <- {will_run[upstream]}"
-        if dry or state == S.RUNNING:
+        if dry or store is None or state == S.RUNNING:
             continue
         if a in will_run and state == S.COMPLETED and (force or verdict.changed):
             invalidated += store.invalidate(

@@ -109,7 +109,7 @@ def worker_env(project: Project, overrides: Mapping[str, Any]) -> dict[str, str]
 def repro(
     project: Project,
     *,
-    jobs: int,
+    jobs: int | str,
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
     on_progress: Callable[[list[TaskRow], float], None] | None = None,

@@ -79,7 +79,7 @@ def _compile_ignore_patterns_once() -> None:
         self._patterns.append(hit)
 
     append_pattern._lauf_cached = True  # type: ignore[attr-defined]
-    ignore.IgnoreFilter.append_pattern = append_pattern
+    ignore.IgnoreFilter.append_pattern = append_pattern  # type: ignore[method-assign]
 
 
 class _CachingVoluptuous(types.ModuleType):

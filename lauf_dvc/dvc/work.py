@@ -137,15 +137,17 @@ def _loop(
     with StageRunner(project.root) as runner:
         task = worker.next_task(finished=False)
         while task is not None:
+            stage = task.data
+            assert stage is not None  # project.tasks() gives every task its stage
             if on_event:
                 on_event("started", task.id, None)
-            hooks.stage_started(task.data, worker.identifier)
+            hooks.stage_started(stage, worker.identifier)
             result = _run(runner, project, task.id, options=_forced(worker, task.id, options),
                           env=_held(worker))  # fmt: skip
             fingerprint = None
             if result.outcome != "failed":
                 try:
-                    fingerprint = completion_fingerprint(project, task.data, result, runner.repo)
+                    fingerprint = completion_fingerprint(project, stage, result, runner.repo)
                 except LaufError as exc:  # e.g. a plugin's fingerprinter raised
                     result = replace(result, outcome="failed", reason=str(exc),
                                      log_tail=f"lauf-dvc: {exc}")  # fmt: skip
@@ -156,21 +158,20 @@ def _loop(
             if result.outcome == "failed":
                 report.failed.append(task.id)
                 worker.fail_current(_failure_reason(result), _failure_info(result))
-                hooks.stage_finished(task.data, result.outcome, result.duration,
+                hooks.stage_finished(stage, result.outcome, result.duration,
                                      result.returncode, worker.identifier)  # fmt: skip
                 task = None if limit else worker.next_task(finished=False)
                 continue
             (report.ran if result.reproduced else report.skipped).append(task.id)
-            finished = task.data
             fault("after-dump", task.id)  # dvc.lock written, the database not yet told
             task = worker.next_task(
                 finished=True,
-                stop=lambda limit=limit: limit,
+                stop=(lambda: True) if limit else (lambda: False),
                 fingerprint=fingerprint,
                 ran=result.reproduced,
                 reason=completion_reason(result),
             )
-            hooks.stage_finished(finished, result.outcome, result.duration, result.returncode,
+            hooks.stage_finished(stage, result.outcome, result.duration, result.returncode,
                                  worker.identifier)  # fmt: skip
     if max_tasks is not None and done >= max_tasks:
         report.left = f"ran {max_tasks} stage(s) (--max-tasks)"

@@ -366,10 +366,10 @@ def critical_path(
         return CriticalPath((), 0.0)
     end = max(best, key=lambda t: (best[t][0], last_end[t], t))
     chain: list[str] = []
-    node: str | None = end
-    while node is not None:
-        chain.append(node)
-        node = best[node][1]
+    link: str | None = end
+    while link is not None:
+        chain.append(link)
+        link = best[link][1]
     return CriticalPath(tuple(reversed(chain)), best[end][0])
 
 

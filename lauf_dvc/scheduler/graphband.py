@@ -110,7 +110,11 @@ class Graphband(Generic[T]):
         self.db = db
         self.identifier = identifier or default_identifier()
         self.labels = frozenset(labels)
-        self._store = Store(db, lock=self.lock_mode, **({} if clock is None else {"clock": clock}))
+        self._store = (
+            Store(db, lock=self.lock_mode)
+            if clock is None
+            else Store(db, lock=self.lock_mode, clock=clock)
+        )
         lifetime = self.settings.heartbeat_timeout
         self._locks = LockSet(lock_dir(db) if lock_path is None else Path(lock_path), lifetime)
         self._worker = Worker(

@@ -326,15 +326,15 @@ class Store(Database):
                 return []
         killed: list[str] = []
         with self.write(exclusive=True) as conn:
-            for dead in conn.execute(expired).scalars().all():
-                conn.execute(update(workers).where(workers.c.id == dead).values(state="dead"))
-                held = select(assignments.c.task).where(assignments.c.worker == dead)
+            for gone in conn.execute(expired).scalars().all():
+                conn.execute(update(workers).where(workers.c.id == gone).values(state="dead"))
+                held = select(assignments.c.task).where(assignments.c.worker == gone)
                 for task_id in conn.execute(held).scalars().all():
-                    reason = f"worker {dead} stopped sending heartbeats"
+                    reason = f"worker {gone} stopped sending heartbeats"
                     if txn.leave(
                         conn,
                         task_id,
-                        dead,
+                        gone,
                         S.KILLED,
                         now=self._now(now),
                         reason=reason,
@@ -616,7 +616,9 @@ class Store(Database):
             tasks.c.id.in_(list(task_ids)), tasks.c.state == S.COMPLETED.value
         )
         with self.read() as conn:
-            changes = {r.id: (r.last_fingerprint, None, reason) for r in conn.execute(q)}
+            changes: dict[str, tuple[str | None, str | None, str]] = {
+                r.id: (r.last_fingerprint, None, reason) for r in conn.execute(q)
+            }
         return self.invalidate(changes, now=now, worker=worker, forget_fingerprint=True)
 
     def reset(
@@ -695,7 +697,8 @@ class Store(Database):
             workers.c.state == "alive", workers.c.capacity.is_not(None)
         )
         with self.read() as conn:
-            return [(r.host, Capacity.from_json(r.capacity)) for r in conn.execute(q.distinct())]
+            rows = [(r.host, Capacity.from_json(r.capacity)) for r in conn.execute(q.distinct())]
+        return [(host, cap) for host, cap in rows if cap is not None]
 
     def failed(self, limit: int = 20) -> list[str]:
         """Tasks failed or killed for good (retries are already back to pending)."""

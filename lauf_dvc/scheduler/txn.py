@@ -232,7 +232,9 @@ def transition(
     if with_event:
         params.update({f"e_{k}": v for k, v in event.items()})
     else:
-        params["b_event_id"] = conn.execute(_INSERT_EVENT, event).inserted_primary_key[0]
+        inserted = conn.execute(_INSERT_EVENT, event).inserted_primary_key
+        assert inserted is not None
+        params["b_event_id"] = inserted[0]
     stmt = _set_state(tuple(sorted(extra)), stamp, with_event=with_event)
     res = conn.execute(stmt, params)
     if res.rowcount != 1:  # (PostgreSQL: the event is rolled back with the transaction)
@@ -257,7 +259,9 @@ def candidates(
     one ready query (an index seek) per requirement key and shape. ``lock``: PostgreSQL
     row locks, skipping locked."""
     ready = _READY.with_for_update(skip_locked=True) if lock else _READY
-    out = [(ready, {"b_key": key, "b_shape": shape}) for key in allowed for shape in shapes]
+    out: list[tuple[Any, dict[str, Any]]] = [
+        (ready, {"b_key": key, "b_shape": shape}) for key in allowed for shape in shapes
+    ]
     if join:
         joinable = _JOINABLE.with_for_update(skip_locked=True) if lock else _JOINABLE
         out.insert(0, (joinable, {"b_keys": list(allowed)}))
@@ -277,7 +281,7 @@ def claim(
     fitting = free_shapes(conn, room or Room(), lock=lock)
     if not fitting:
         return None
-    rows = []
+    rows: list[Any] = []
     for q, params in candidates(allowed, join, shapes=list(fitting), lock=lock):
         rows += conn.execute(q, params).all()
     # Joinable (running) tasks first, then by priority, then first come first served.

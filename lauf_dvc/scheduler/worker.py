@@ -92,8 +92,8 @@ class Task(Generic[T]):
 
     @property
     def shape(self) -> str:
-        """What it holds while it runs (:class:`~.resources.Demand`, stored form)."""
-        return self._shape  # type: ignore[attr-defined,no-any-return]
+        """What it holds while it runs (:class:`lauf_dvc.resources.Demand`, stored form)."""
+        return self._shape  # type: ignore[attr-defined]
 
     def spec(self) -> TaskSpec:
         return TaskSpec(

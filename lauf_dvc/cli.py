@@ -19,6 +19,7 @@ from lauf_dvc.termination import Terminated
 
 if TYPE_CHECKING:
     from lauf_dvc.dvc.project import Project
+    from lauf_dvc.scheduler.store import Store
 
 #: The keys of each stage in ``lauf-dvc status --json``, in order (docs/cli.md).
 STATUS_KEYS = ("stage", "state", "stale", "reason", "log")
@@ -344,13 +345,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from lauf_dvc.progress import Snapshot, live_watch, print_watch
-    from lauf_dvc.scheduler.store import Store
 
-    project = _settings_only(args)
-    if not _recorded(project):
-        print(NO_RUN_YET, file=sys.stderr)
+    store = _recorded_store(args)
+    if store is None:
         return ExitCode.OK
-    store = Store(project.db_url, lock=project.settings.lock)
     try:
         if args.once:
             print_watch(Snapshot.read(store))
@@ -361,6 +359,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     return ExitCode.OK
+
+
+def _recorded_store(args: argparse.Namespace) -> Store | None:
+    """The database of the runs, without loading the pipeline; None (and the line that
+    says so) if no run was recorded yet. The caller disposes of it."""
+    from lauf_dvc.scheduler.store import Store
+
+    project = _settings_only(args)
+    if not _recorded(project):
+        print(NO_RUN_YET, file=sys.stderr)
+        return None
+    return Store(project.db_url, lock=project.settings.lock)
 
 
 def _settings_only(args: argparse.Namespace) -> Project:
@@ -507,13 +517,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lauf_dvc.report import analyse, summary_text
     from lauf_dvc.report_html import html_page
     from lauf_dvc.scheduler.audit import read_trail, runs
-    from lauf_dvc.scheduler.store import Store
 
-    project = _settings_only(args)
-    if not _recorded(project):
-        print(NO_RUN_YET, file=sys.stderr)
+    store = _recorded_store(args)
+    if store is None:
         return ExitCode.OK
-    store = Store(project.db_url, lock=project.settings.lock)
     try:
         trail = read_trail(store)
     finally:

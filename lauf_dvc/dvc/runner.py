@@ -184,7 +184,7 @@ class StageRunner:
         job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts,
                    dict(env or {}))  # fmt: skip
         try:
-            prepared = _prepare(job)
+            prepared = _prepare_when_free(job)
             if isinstance(prepared, StageResult):
                 return prepared
             with prepared.paths_held():
@@ -329,6 +329,27 @@ def _prepare(job: _Job) -> StageResult | _Prepared:
             paths.release()
             return verdict
         return _Prepared(stage, job, paths)
+
+
+#: How long a stage waits for paths another process holds (DVC's rwlock) before it fails
+#: as ``dvc repro`` would at once: a terminated worker hands its stage back a moment
+#: before its process is gone, and its entries go with the process (DVC drops entries of
+#: dead pids), so the next worker must not fail the stage for that moment.
+BUSY_WAIT = 10.0  # seconds
+BUSY = "is busy, it is being blocked by"  # dvc/rwlock.py's LockError
+
+
+def _prepare_when_free(job: _Job) -> StageResult | _Prepared:
+    """:func:`_prepare`, again (without the repository lock meanwhile) while the stage's
+    paths are busy, for up to :data:`BUSY_WAIT` seconds."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            return _prepare(job)
+        except _StageFailed as exc:
+            if BUSY not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _upstream(job: _Job, stage: Stage) -> list[Stage] | None:

@@ -265,7 +265,7 @@ def _as_jobs(value: Any) -> int | str:
 
 def _as_resources(value: Any) -> tuple[tuple[str, int], ...]:
     """``cpus=32,gpus=4,mem=128G,licence=1`` or a mapping: a host's capacity."""
-    return tuple(sorted(parse_resources(value, where="resources").items()))
+    return tuple(sorted(parse_resources(value, where="").items()))  # where: the caller's
 
 
 def _as_groups(value: Any) -> tuple[tuple[str, int], ...]:

@@ -223,7 +223,9 @@ def never_fits(demand: Demand, capacities: Iterable[tuple[Capacity, int]]) -> st
 
 
 def parse_resources(text: str | Mapping[str, object], *, where: str) -> dict[str, int]:
-    """``cpus=32,gpus=4,mem=128G,licence=1`` (or a mapping) as amounts. ValueError."""
+    """``cpus=32,gpus=4,mem=128G,licence=1`` (or a mapping) as amounts. ValueError, its
+    message prefixed with ``where`` (if any)."""
+    at = f"{where}: " if where else ""
     items: list[tuple[str, object]] = []
     if isinstance(text, Mapping):
         items = [(str(k), v) for k, v in text.items()]
@@ -231,16 +233,16 @@ def parse_resources(text: str | Mapping[str, object], *, where: str) -> dict[str
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, eq, value = part.partition("=")
             if not eq:
-                raise ValueError(f"{where}: expected NAME=AMOUNT, got {part!r}")
+                raise ValueError(f"{at}expected NAME=AMOUNT, got {part!r}")
             items.append((name.strip(), value.strip()))
     else:
-        raise ValueError(f"{where}: expected NAME=AMOUNT,..., got {text!r}")
+        raise ValueError(f"{at}expected NAME=AMOUNT,..., got {text!r}")
     out: dict[str, int] = {}
     for key, amount in items:
         try:
             out[key] = parse_amount(key, amount)
         except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+            raise ValueError(f"{at}{exc}") from None
     return out
 
 

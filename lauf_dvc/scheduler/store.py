@@ -691,15 +691,6 @@ class Store(Database):
             rows = conn.execute(q.order_by(tasks.c.seq).limit(limit)).all()
         return [(r.id, r.requirements, why_not(r.requirements, r.shape, live)) for r in rows]
 
-    def capacities(self) -> list[tuple[str, Capacity]]:
-        """``(host, capacity)`` of every live worker that counts resources."""
-        q = select(workers.c.host, workers.c.capacity).where(
-            workers.c.state == "alive", workers.c.capacity.is_not(None)
-        )
-        with self.read() as conn:
-            rows = [(r.host, Capacity.from_json(r.capacity)) for r in conn.execute(q.distinct())]
-        return [(host, cap) for host, cap in rows if cap is not None]
-
     def failed(self, limit: int = 20) -> list[str]:
         """Tasks failed or killed for good (retries are already back to pending)."""
         q = select(tasks.c.id).where(text(FAILED_SQL)).order_by(tasks.c.seq).limit(limit)

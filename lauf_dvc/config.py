@@ -408,6 +408,12 @@ class ProjectSettings:
         return settings
 
     def scheduler(self, **override: Any) -> SchedulerSettings:
+        """The core's settings for a DVC run. Staleness is still the core's: the sync
+        before a run decides it (:func:`lauf_dvc.scheduler.staleness.decide`, fed by the
+        stages' fingerprinters). The worker's own start-up check and claim-time cutoff
+        stay off: they would judge a DVC stage by task fingerprints it has none of; its
+        claim-time check is DVC's ``Stage.changed()``, made in the same hold of DVC's lock
+        that removes its outputs (lauf_dvc.dvc.runner)."""
         return SchedulerSettings(
             enable_fingerprints=override.get("enable_fingerprints", False),
             failure_policy=override.get("failure_policy", self.failure_policy),

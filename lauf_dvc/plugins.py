@@ -26,6 +26,7 @@ from lauf_dvc.errors import ConfigError, LaufError, PluginError
 if TYPE_CHECKING:
     from lauf_dvc.dvc.pipeline import StageInfo
     from lauf_dvc.fingerprint import Fingerprint, FingerprintContext, Fingerprinter
+    from lauf_dvc.scheduler.staleness import Observed
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,58 @@ class Hooks:
                 f"fingerprinter {name!r} returned {got} for stage {stage.address}, "
                 f"expected a Fingerprint labelled {expected}",
             )
+        return result
+
+    def observe(
+        self, stages: Sequence[StageInfo], ctx: FingerprintContext, name: str
+    ) -> dict[str, Observed] | None:
+        """What fingerprinter ``name`` finds of ``stages`` now, by its own ``observe``
+        (:class:`~lauf_dvc.fingerprint.context.Fingerprinter`); None if it has none (then
+        each stage's :meth:`fingerprint` is compared with the stored one).
+
+        Raises:
+            ConfigError: unknown fingerprinter name.
+            PluginError: the fingerprinter raised, or left a stage out.
+        """
+        fingerprinter, plugin = self._entry(name)
+        method = getattr(fingerprinter, "observe", None)
+        if method is None:
+            return None
+        try:
+            found = dict(method(stages, ctx))
+        except LaufError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                plugin,
+                f"fingerprinter {name!r} failed to observe {len(stages)} stage(s): "
+                f"{type(exc).__name__}: {_one_line(exc)}; fix or update the plugin, or "
+                "choose another fingerprinter (vars lauf.fingerprint, meta.lauf.fingerprint)",
+            ) from exc
+        missing = [s.address for s in stages if s.address not in found]
+        if missing:
+            raise PluginError(plugin, f"fingerprinter {name!r} observed no {missing[0]}")
+        return {s.address: found[s.address] for s in stages}
+
+    def completed(
+        self, stage: StageInfo, ctx: FingerprintContext, name: str, record: Any
+    ) -> Fingerprint | None:
+        """The fingerprint ``stage`` completes with: the fingerprinter's ``completed``
+        (from ``record``, what the run wrote: its dvc.lock entry) if it has one, else
+        :meth:`fingerprint` computed now from the files the stage just wrote."""
+        fingerprinter, plugin = self._entry(name)
+        method = getattr(fingerprinter, "completed", None)
+        if method is None:
+            return self.fingerprint(stage, ctx, name)
+        try:
+            result: Fingerprint | None = method(stage, record, ctx)
+        except LaufError:
+            raise
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {_one_line(exc)}"
+            raise PluginError(
+                plugin, f"fingerprinter {name!r} failed on stage {stage.address}: {why}"
+            ) from exc
         return result
 
     def _entry(self, name: str) -> tuple[Fingerprinter, str]:

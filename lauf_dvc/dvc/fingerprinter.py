@@ -9,7 +9,7 @@ size are unchanged. Parameter values are read by DVC's ``ParamsDependency``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.errors import PipelineError
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from lauf_dvc.dvc.pipeline import StageInfo
     from lauf_dvc.fingerprint.context import FingerprintContext
+    from lauf_dvc.scheduler.staleness import Observed
 
 _INDEX = "dvc.stages"  # FingerprintContext.cache key: {address: Stage}
 
@@ -31,6 +32,29 @@ class DvcFingerprinter:
 
     name = "dvc"
     version = "1"
+    #: Its stages are observed through DVC's status: ``open_project`` asks DVC for them
+    #: on the repository it holds locked anyway (``status``, ``repro --dry``).
+    uses_dvc_status = True
+
+    def observe(self, stages: Sequence[StageInfo], ctx: FingerprintContext) -> dict[str, Observed]:
+        """What DVC finds of ``stages`` (``dvc status``, in one pass over DVC's index):
+        their record is their ``dvc.lock`` entry, and their fingerprint now equals it
+        exactly when DVC finds nothing changed (see :data:`lauf_dvc.dvc.status.RECORDED`:
+        hashes through DVC's state database, parameter values, the command, whether each
+        output is in the cache)."""
+        from lauf_dvc.dvc import status
+
+        verdicts = dict(ctx.cache.get(status.PREFETCHED) or {})
+        if ask := {s.address for s in stages} - set(verdicts):
+            verdicts.update(status.dvc_verdicts(ctx.root, stages, ask, repo=ctx.dvc_repo()))
+        return {s.address: status.observed(verdicts[s.address]) for s in stages}
+
+    def completed(
+        self, stage: StageInfo, entry: Mapping[str, Any] | None, ctx: FingerprintContext
+    ) -> Fingerprint | None:
+        """What ``stage`` completed with, read from the ``dvc.lock`` entry its run wrote
+        or found (:func:`from_lock_entry`: nothing hashed again); None without one."""
+        return from_lock_entry(stage, entry) if entry else None
 
     def fingerprint(self, stage: StageInfo, ctx: FingerprintContext) -> Fingerprint:
         from dvc.dependency import ParamsDependency

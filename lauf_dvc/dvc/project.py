@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
+from lauf_dvc.dvc import status
 from lauf_dvc.dvc.pipeline import StageInfo, dvc_errors, reword
 from lauf_dvc.dvc.plan import Selection
 from lauf_dvc.dvc.verdictcache import StageVerdict
 from lauf_dvc.errors import ConfigError, PipelineError
+from lauf_dvc.fingerprint.model import reasons
+from lauf_dvc.scheduler import staleness
+from lauf_dvc.scheduler.staleness import Observed, Stored, Verdict
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
 from lauf_dvc.states import TaskState
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 S = TaskState
+
+#: DVC's verdicts for the stages given (a name of its own: tests count DVC's passes)
+_verdicts_locked = status.verdicts_locked
 
 LAUF_DIR = Path(".dvc") / "tmp" / "lauf"
 
@@ -285,60 +292,73 @@ def _project(
 
 
 def _dvc_judged(project: Project) -> set[str]:
-    """The stages whose staleness DVC itself decides (the ``dvc`` fingerprinter)."""
-    return {s.address for s in project.stages if project.fingerprinter(s.address) == "dvc"}
-
-
-# -- staleness ---------------------------------------------------------------------------
-
-
-def stage_verdicts(
-    project: Project, rows: Mapping[str, Any], *, prefetched: bool = False
-) -> tuple[dict[str, StageVerdict], dict[str, str]]:
-    """Which stages are stale and why, and the current fingerprint of those that have one.
-
-    A stage whose fingerprinter is ``dvc`` (the default) is judged by DVC itself, against
-    dvc.lock, exactly as ``dvc status``. A stage with another fingerprinter (``xxhash``,
-    a plugin's) is judged by comparing its fingerprint now with the one it last completed
-    with, part by part (the reasons name the parameter, dependency or output); a stage
-    that has no such fingerprint yet (never run by lauf with it) is asked of DVC once,
-    and its current fingerprint recorded when it is adopted or run.
-    """
-    from lauf_dvc.fingerprint import FingerprintContext, reasons
-
-    verdicts: dict[str, StageVerdict] = {}
-    current: dict[str, str] = {}
-    ask_dvc: set[str] = set()
+    """The stages whose fingerprinter compares through DVC's status (prefetched by
+    :func:`open_project` on the repository it has open and locked anyway)."""
     hooks = project.hooks()
+    names = {project.fingerprinter(s.address) for s in project.stages}
+    asks = {n for n in names if getattr(hooks.fingerprinter(n), "uses_dvc_status", False)}
+    return {s.address for s in project.stages if project.fingerprinter(s.address) in asks}
+
+
+# -- staleness: read (here) -> decide (lauf_dvc.scheduler.staleness) -> apply (the store) --
+
+
+def observe(
+    project: Project, rows: Mapping[str, Any], *, prefetched: bool = False
+) -> dict[str, Observed]:
+    """Read: what each stage's fingerprinter finds now (every fingerprinter alike).
+
+    A fingerprinter with an ``observe`` method (the built-in ``dvc``: DVC's own status,
+    against dvc.lock, for all its stages in one pass) observes its stages itself; for
+    the others (``xxhash``, most plugins) the fingerprint now is compared with the one the
+    stage last completed with, part by part (the reasons name the parameter, dependency
+    or output). A stage that has no such fingerprint yet (never run by lauf with it) is
+    judged once by its ``dvc.lock`` entry, as DVC would, and its fingerprint recorded
+    when it is adopted or run.
+    """
+    from lauf_dvc.fingerprint import FingerprintContext
+
+    hooks = project.hooks()
+    groups: dict[str, list[StageInfo]] = {}
+    for stage in project.stages:
+        groups.setdefault(project.fingerprinter(stage.address), []).append(stage)
+    out: dict[str, Observed] = {}
+    by_lock: dict[str, str | None] = {}  # judged by their dvc.lock entry: {address: keep}
     with FingerprintContext(project.root, lauf_dir=project.lauf_dir) as ctx:
-        for stage in project.stages:
-            a, name = stage.address, project.fingerprinter(stage.address)
-            if name == "dvc":
-                ask_dvc.add(a)
+        if prefetched and project._prefetched is not None:
+            ctx.cache[status.PREFETCHED] = project._prefetched
+        for name, stages in groups.items():
+            found = hooks.observe(stages, ctx, name)
+            if found is not None:
+                out.update(found)
                 continue
-            try:
-                fp = hooks.fingerprint(stage, ctx, name)
-            except (FileNotFoundError, NotADirectoryError) as exc:  # see _vanished
-                verdicts[a] = _vanished(a, exc)
-                continue
-            current[a] = fp.to_json()
-            row = rows.get(a)
-            stored = row.last_fingerprint if row is not None else None
-            if stage.frozen:
-                verdicts[a] = StageVerdict(a, False, ("frozen",), name)
-            elif stored is None or _parse(stored) is None:
-                ask_dvc.add(a)
-            elif stage.always_changed:
-                verdicts[a] = StageVerdict(a, True, ("always changed",), name)
-            else:
-                why = reasons(stored, fp)
-                verdicts[a] = StageVerdict(a, bool(why), tuple(why), f"{fp.label} fingerprint")
-    if ask_dvc and prefetched and project._prefetched is not None:
-        verdicts.update({a: v for a, v in project._prefetched.items() if a in ask_dvc})
-        ask_dvc -= set(project._prefetched)
-    if ask_dvc:
-        verdicts.update(dvc_verdicts(project, ask_dvc))
-    return verdicts, current
+            for stage in stages:
+                a = stage.address
+                try:
+                    fp = hooks.fingerprint(stage, ctx, name)
+                except (FileNotFoundError, NotADirectoryError) as exc:  # see status.vanished
+                    out[a] = status.observed(status.vanished(a, exc))
+                    continue
+                row = rows.get(a)
+                stored = row.last_fingerprint if row is not None else None
+                if stage.frozen:
+                    out[a] = Observed(fp.to_json(), pinned="frozen", source=name)
+                elif stored is None or _parse(stored) is None:
+                    by_lock[a] = fp.to_json()
+                elif stage.always_changed:
+                    out[a] = Observed(fp.to_json(), always="always changed", source=name)
+                else:
+                    why = tuple(reasons(stored, fp))
+                    out[a] = Observed(fp.to_json(), reasons=why, source=f"{fp.label} fingerprint")
+        if by_lock:
+            judged = [s for s in project.stages if s.address in by_lock]
+            verdicts = dict(ctx.cache.get(status.PREFETCHED) or {})
+            ask = set(by_lock) - set(verdicts)
+            if ask:
+                verdicts.update(status.dvc_verdicts(project.root, judged, ask))
+            for a, keep in by_lock.items():
+                out[a] = replace(status.observed(verdicts[a]), keep=keep)
+    return out
 
 
 def _parse(text: str) -> Any:
@@ -350,144 +370,9 @@ def _parse(text: str) -> Any:
         return None
 
 
-def explain(status: list[Any]) -> tuple[str, ...]:
-    """Turn ``Stage.status()`` entries into short human reasons."""
-    reasons: list[str] = []
-    for entry in status:
-        if isinstance(entry, str):
-            reasons.append({"changed checksum": "command or stage definition changed",
-                            "changed command": "command changed"}.get(entry, entry))  # fmt: skip
-            continue
-        for kind, items in entry.items():
-            noun = "dependency" if kind == "changed deps" else "output"
-            for path, what in items.items():
-                if isinstance(what, dict):  # params: {key: status}
-                    reasons += [f"{path}:{key} {st}" for key, st in what.items()]
-                else:
-                    reasons.append(f"{noun} {path} {what}")
-    return tuple(reasons)
-
-
-def dvc_verdicts(project: Project, only: set[str] | None = None) -> dict[str, StageVerdict]:
-    """Ask DVC (under its repo lock, as `dvc status` does) which stages changed and why
-    (all selected stages, or those in ``only``)."""
-    from lauf_dvc.dvc.pipeline import locked, open_repo
-
-    with open_repo(project.root) as repo, locked(repo):
-        return _verdicts_locked(repo, project.stages, only)
-
-
-def _verdicts_locked(
-    repo: Any, stages: Sequence[StageInfo], only: set[str] | None
-) -> dict[str, StageVerdict]:
-    from dvc.exceptions import DvcException
-
-    from lauf_dvc.dvc.pipeline import address_of
-    from lauf_dvc.dvc.speedups import params_files_read_once
-
-    out: dict[str, StageVerdict] = {}
-    try:
-        # one pass over the index (each dvc.yaml parsed once), not one load per stage;
-        # each params file parsed once, not once per stage naming it
-        by_address = {address_of(repo, s): s for s in repo.index.stages}
-        made = {str(o) for s in by_address.values() for o in s.outs}  # by some stage
-        with params_files_read_once():
-            for info in stages:
-                if only is not None and info.address not in only:
-                    continue
-                out[info.address] = _verdict(info.address, by_address[info.address], made)
-    except DvcException as exc:
-        raise PipelineError(_one_line(exc)) from None
-    return out
-
-
-def _verdict(address: str, stage: Any, made: set[str]) -> StageVerdict:
-    # a frozen stage too: DVC checks its outputs (a missing one is a change)
-    try:
-        status = _status_unlocked(stage).get(stage.addressing, [])
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        return _vanished(address, exc)
-    reasons: tuple[str, ...] = ()
-    if status and not _has_lock_entry(stage):  # and what will make it fail, if anything
-        # a missing dependency that no stage makes: not its own outputs, nor an upstream
-        # stage's (not made yet either)
-        gone = tuple(
-            f"dependency {path} deleted"
-            for entry in status
-            if isinstance(entry, dict)
-            for path, what in entry.get("changed deps", {}).items()
-            if what == "deleted" and path not in made
-        )
-        reasons = ("never run", *gone)
-    elif status:
-        reasons = _with_param_values(stage, explain(status))
-    return StageVerdict(address, bool(status), reasons)
-
-
-def _vanished(address: str, exc: OSError) -> StageVerdict:
-    """A file that vanished while it was hashed: a running stage is rewriting it (its
-    own outputs, or an upstream stage's that it depends on). That is a change, never an
-    error: a worker joining a running pipeline must not die of it (issue 13). The stage
-    reads as stale; one that is running is left alone by :func:`sync` anyway."""
-    path = exc.filename or str(exc)
-    return StageVerdict(address, True, (f"{path} changed while it was read",))
-
-
-def _status_unlocked(stage: Any) -> dict[str, Any]:
-    """``Stage.status()`` without DVC's read locks on the stage's paths (we hold the repo lock).
-
-    A stage that a worker is running holds write locks on its outputs from its start to its
-    commit, so with ``@rwlocked`` any sync or ``lauf-dvc status`` while the pipeline runs
-    (a worker joining late, a SLURM array job) failed with "'out' is busy". Reading without
-    them is safe: dvc.lock is consistent under the repo lock, and a stage whose files are
-    being rewritten only reads as changed, so it is never adopted as up to date.
-    """
-    from dvc.stage import Stage
-
-    return Stage.status.__wrapped__(stage)
-
-
-def _with_param_values(stage: Any, reasons: tuple[str, ...]) -> tuple[str, ...]:
-    """Replace DVC's "params.yaml:train modified" by the values that changed
-    ("params.yaml:train.lr 0.1 -> 0.01"), from dvc.lock's record and the params file."""
-    from dvc.dependency import ParamsDependency
-
-    from lauf_dvc.dvc.pipeline import _dep_path
-    from lauf_dvc.fingerprint import Fingerprint, diff, json_value, param_key
-
-    old: dict[str, str] = {}
-    new: dict[str, str] = {}
-    for dep in stage.deps:
-        if not isinstance(dep, ParamsDependency):
-            continue
-        path = _dep_path(stage.repo, dep)
-        recorded = dep.hash_info.value if isinstance(dep.hash_info.value, dict) else {}
-        try:
-            current = dep.read_params() if dep.exists else {}
-        except Exception:  # unreadable params: DVC's own words stay
-            return reasons
-        for key in set(recorded) | set(current):
-            if key in recorded:
-                old[param_key(f"{path}:{key}")] = json_value(recorded[key])
-            if key in current:
-                new[param_key(f"{path}:{key}")] = json_value(current[key])
-    if old == new:
-        return reasons
-    precise = diff(Fingerprint("params", "1", old), Fingerprint("params", "1", new))
-    files = {k.split(":", 2)[1] for k in set(old) | set(new)}
-    kept = [r for r in reasons if not any(r.startswith(f"{f}:") for f in files)]
-    return tuple(precise + kept)
-
-
-def _has_lock_entry(stage: Any) -> bool:
-    outs_known = any(o.hash_info for o in stage.outs) if stage.outs else False
-    deps_known = any(d.hash_info for d in stage.deps) if stage.deps else False
-    return outs_known or deps_known or not (stage.outs or stage.deps)
-
-
 @dataclass
 class SyncReport:
-    verdicts: dict[str, StageVerdict]
+    verdicts: dict[str, Verdict]
     will_run: dict[str, str]  # address -> the reason it runs (or may run)
     invalidated: list[str]
     adopted: list[str]
@@ -502,13 +387,14 @@ def sync(
     reset_failures: bool = False,
     dry: bool = False,
 ) -> SyncReport:
-    """Bring the database in line with what DVC says is stale.
+    """Bring the database in line with what the stages' fingerprinters find.
 
-    Changed completed stages become invalidated (and their downstream); stages found
-    up to date, with nothing upstream to run, are adopted as completed (so a
-    `dvc repro -s X` elsewhere is seen). Each stage's fingerprinter decides (see
-    :func:`stage_verdicts`). With ``dry`` nothing is written (``store`` None: there is no
-    database yet, every stage is new).
+    Read (the stored states, then :func:`observe`), decide
+    (:func:`lauf_dvc.scheduler.staleness.decide`, the engine Graphband uses too), apply
+    (one store call): changed completed stages become invalidated (and their
+    downstream); stages found up to date, with nothing upstream to run, are adopted as
+    completed (so a `dvc repro -s X` elsewhere is seen). With ``dry`` nothing is written
+    (``store`` None: there is no database yet, every stage is new).
     """
     if store is None and not dry:
         raise ValueError("sync needs a store unless dry")
@@ -523,44 +409,20 @@ def sync(
     # (its outputs are being rewritten); read in this order, it is seen as running and
     # left alone even if it completes meanwhile, never as completed-and-changed (re-run).
     rows = {r.id: r for r in store.task_rows()} if store is not None else {}
-    verdicts, current = stage_verdicts(project, rows, prefetched=dry)
-    will_run: dict[str, str] = {}
-    invalidated: list[str] = []
-    adopted: list[str] = []
-    for stage in project.stages:
-        a = stage.address
-        verdict = verdicts[a]
-        state = rows[a].state if a in rows else S.PENDING
-        upstream = next((u for u in stage.upstream if u in will_run), None)
-        if force:
-            will_run[a] = "forced"
-        elif verdict.changed:
-            will_run[a] = "; ".join(verdict.reasons) or "changed"
-        elif upstream is not None:  # the chain of causes: upstream b <- upstream a <- why
-            will_run[a] = f"upstream {upstream} <- {will_run[upstream]}"
-        if dry or store is None or state == S.RUNNING:
-            continue
-        if a in will_run and state == S.COMPLETED and (force or verdict.changed):
-            invalidated += store.invalidate(
-                {a: (rows[a].last_fingerprint, None, will_run[a])},
-                worker=worker,
-                forget_fingerprint=force,
-            )
-        elif a not in will_run and state in (S.PENDING, S.INVALIDATED):
-            reason = f"up to date ({verdict.source})"
-            fp = current.get(a)
-            if store.adopt_completed(a, fingerprint=fp, worker=worker, reason=reason):
-                adopted.append(a)
-    if not dry and invalidated:
+    observed = observe(project, rows, prefetched=dry)
+    stored = {a: Stored(r.state, r.last_fingerprint) for a, r in rows.items()}
+    graph = [(s.address, s.upstream) for s in project.stages]
+    decision = staleness.decide(graph, stored, observed, force=force)
+    if dry:  # what would happen, nothing written
+        return SyncReport(decision.verdicts, decision.stale, [], [])
+    assert store is not None
+    done = store.apply_decision(decision, worker=worker)
+    if done.invalidated:
         project.hooks().pipeline_synced(
-            {a: will_run.get(a) or "upstream changed" for a in invalidated}, project.root
+            {a: decision.stale.get(a) or "upstream changed" for a in done.invalidated},
+            project.root,
         )
-    return SyncReport(verdicts, will_run, invalidated, adopted)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    return SyncReport(decision.verdicts, decision.stale, done.invalidated, done.adopted)
 
 
 def status_rows(project: Project) -> list[dict[str, Any]]:

@@ -42,19 +42,16 @@ class WorkerReport:
 def completion_fingerprint(
     project: Project, stage: StageInfo, result: StageResult, repo: Any = None
 ) -> str | None:
-    """The fingerprint a stage completes with (stored, and shown in its history).
-
-    ``dvc``: read from the ``dvc.lock`` entry the run wrote or found (nothing re-hashed);
-    another fingerprinter: computed now, from the files the stage just wrote.
-    """
-    from lauf_dvc.dvc.fingerprinter import from_lock_entry
+    """The fingerprint a stage completes with (stored, and shown in its history): its
+    fingerprinter's, from the ``dvc.lock`` entry the run wrote or found where the
+    fingerprinter reads that (``dvc``: nothing re-hashed), else computed now from the
+    files the stage just wrote."""
     from lauf_dvc.fingerprint import FingerprintContext
 
     name = project.fingerprinter(stage.address)
-    if name == "dvc":
-        return from_lock_entry(stage, result.lock_entry).to_json() if result.lock_entry else None
     with FingerprintContext(project.root, lauf_dir=project.lauf_dir, dvc_repo=repo) as ctx:
-        return project.hooks().fingerprint(stage, ctx, name).to_json()
+        found = project.hooks().completed(stage, ctx, name, result.lock_entry)
+    return found.to_json() if found is not None else None
 
 
 def run_worker(

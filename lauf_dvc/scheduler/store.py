@@ -11,7 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
@@ -33,6 +33,7 @@ from lauf_dvc.scheduler.schema import (
     tasks,
     workers,
 )
+from lauf_dvc.scheduler.staleness import Decision
 from lauf_dvc.scheduler.txn import Claimed, Now, Room, TaskSpec, at
 from lauf_dvc.states import CLAIMABLE, TaskState
 
@@ -60,6 +61,14 @@ class Event:
     worker: str | None
     time: float
     reason: str | None
+
+
+@dataclass
+class Applied:
+    """What :meth:`Store.apply_decision` changed."""
+
+    invalidated: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -512,21 +521,6 @@ class Store(Database):
         with self.read() as conn:
             return {r[0]: r[1] for r in conn.execute(q)}
 
-    def set_baselines(self, fingerprints: dict[str, str]) -> None:
-        """Record a first fingerprint for completed tasks that have none (they completed
-        while fingerprints were off): a later change is then a reason to re-run."""
-        q = (
-            update(tasks)
-            .where(
-                tasks.c.id == bindparam("tid"),
-                tasks.c.state == S.COMPLETED.value,
-                tasks.c.last_fingerprint.is_(None),
-            )
-            .values(last_fingerprint=bindparam("fp"))
-        )
-        with self.write() as conn:
-            conn.execute(q, [{"tid": k, "fp": v} for k, v in fingerprints.items()])
-
     def invalidate(
         self,
         changes: dict[str, tuple[str | None, str | None, str]],
@@ -541,67 +535,57 @@ class Store(Database):
         A task is touched only if it is still completed with that last fingerprint, so two
         workers syncing at once agree. Returns every task id that became invalidated.
         """
-        hit: list[str] = []
+        decision = Decision(invalidate=changes, forget=forget_fingerprint)
+        return self.apply_decision(decision, now=now, worker=worker).invalidated
+
+    def apply_decision(
+        self, decision: Decision, *, now: float | None = None, worker: str | None
+    ) -> Applied:
+        """Carry out a :func:`~lauf_dvc.scheduler.staleness.decide` in one transaction.
+
+        Each change is made only if the task is still as the decision saw it (completed
+        with the last fingerprint it read; waiting, for an adoption; completed without a
+        fingerprint, for a baseline), so two workers syncing at once agree.
+        """
+        done = Applied()
+        if not decision:
+            return done
+        stamp = self._now(now)
         with self.write(exclusive=True) as conn:
-            for task_id, (seen, current, reason) in sorted(changes.items()):
+            for task_id, (seen, current, reason) in sorted(decision.invalidate.items()):
                 row = conn.execute(
                     select(tasks.c.state, tasks.c.last_fingerprint).where(tasks.c.id == task_id)
                 ).first()
                 if row is None or row.state != S.COMPLETED or row.last_fingerprint != seen:
                     continue
-                txn.transition(
-                    conn,
-                    task_id,
-                    S.COMPLETED,
-                    S.INVALIDATED,
-                    now=self._now(now),
-                    worker=worker,
-                    reason=reason,
-                    fingerprint=current,
-                    values={"last_fingerprint": None, "built_at": None}
-                    if forget_fingerprint
-                    else None,
-                )
-                hit.append(task_id)
-            for root in list(hit):
-                hit += txn.cascade(
-                    conn,
-                    root,
-                    S.INVALIDATED,
-                    now=self._now(now),
-                    worker=worker,
-                    reason=f"upstream {root} invalidated",
-                    only=[S.COMPLETED],
-                )
-        return hit
-
-    def adopt_completed(
-        self,
-        task_id: str,
-        *,
-        fingerprint: str | None,
-        now: float | None = None,
-        worker: str | None,
-        reason: str,
-    ) -> bool:
-        """Mark a pending/invalidated task completed without running it (found up to date)."""
-        with self.write() as conn:
-            state = conn.execute(select(tasks.c.state).where(tasks.c.id == task_id)).scalar()
-            if state not in CLAIMABLE:
-                return False
-            txn.transition(
-                conn,
-                task_id,
-                S(state),
-                S.COMPLETED,
-                now=self._now(now),
-                worker=worker,
-                reason=reason,
-                fingerprint=fingerprint,
-                values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
-                stamp=txn.built(ran=False),
-            )
-            return True
+                forget = {"last_fingerprint": None, "built_at": None} if decision.forget else None
+                txn.transition(conn, task_id, S.COMPLETED, S.INVALIDATED, now=stamp,
+                               worker=worker, reason=reason, fingerprint=current,
+                               values=forget)  # fmt: skip
+                done.invalidated.append(task_id)
+            for root in list(done.invalidated):
+                done.invalidated += txn.cascade(
+                    conn, root, S.INVALIDATED, now=stamp, worker=worker,
+                    reason=f"upstream {root} invalidated", only=[S.COMPLETED],
+                )  # fmt: skip
+            for task_id, (fingerprint, reason) in sorted(decision.adopt.items()):
+                state = conn.execute(select(tasks.c.state).where(tasks.c.id == task_id)).scalar()
+                if state not in CLAIMABLE:
+                    continue
+                txn.transition(conn, task_id, S(state), S.COMPLETED, now=stamp, worker=worker,
+                               reason=reason, fingerprint=fingerprint,
+                               values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
+                               stamp=txn.built(ran=False))  # fmt: skip
+                done.adopted.append(task_id)
+            if decision.baselines:
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == bindparam("tid"), tasks.c.state == S.COMPLETED.value,
+                           tasks.c.last_fingerprint.is_(None))
+                    .values(last_fingerprint=bindparam("fp")),
+                    [{"tid": k, "fp": v} for k, v in sorted(decision.baselines.items())],
+                )  # fmt: skip
+        return done
 
     def force(
         self,

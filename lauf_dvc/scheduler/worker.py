@@ -30,7 +30,9 @@ from lauf_dvc.resources import (
     pool_name,
     shortfall,
 )
+from lauf_dvc.scheduler import staleness
 from lauf_dvc.scheduler.locks import LockSet
+from lauf_dvc.scheduler.staleness import Observed, Stored
 from lauf_dvc.scheduler.store import Claimed, Room, Store, TaskSpec, requirements_key
 from lauf_dvc.states import TaskState
 
@@ -236,31 +238,24 @@ class Worker(Generic[T]):
     # -- fingerprints --------------------------------------------------------------------
 
     def check_fingerprints(self) -> list[str]:
-        """Invalidate every completed task whose fingerprint changed, and its downstream."""
-        changes: dict[str, tuple[str | None, str | None, str]] = {}
-        baselines: dict[str, str] = {}
+        """Invalidate every completed task whose fingerprint changed, and its downstream:
+        read (the completed tasks' fingerprints, now and stored) -> decide -> apply."""
+        stored: dict[str, Stored] = {}
+        observed: dict[str, Observed] = {}
         for task_id, last in self.store.completed_fingerprints().items():
             task = self.tasks.get(task_id)
             if task is None or task.fingerprint is None:
                 continue
+            stored[task_id] = Stored(TaskState.COMPLETED, last)
             try:
-                current = evaluate(task.fingerprint)
+                observed[task_id] = Observed(evaluate(task.fingerprint))
             except Exception as exc:  # a user callable: its failure is a reason, not a crash
-                changes[task_id] = (last, None, f"fingerprint could not be computed: {exc}")
-                continue
-            if last is None:  # completed while fingerprints were off: adopt as baseline
-                baselines[task_id] = current or ""
-            elif current != last:
-                changes[task_id] = (
-                    last,
-                    current,
-                    f"fingerprint changed {last[:12]} -> {(current or '')[:12]}",
+                observed[task_id] = Observed(
+                    None, always=f"fingerprint could not be computed: {exc}"
                 )
-        if baselines:
-            self.store.set_baselines(baselines)
-        if not changes:
-            return []
-        return self.store.invalidate(changes, worker=self.identifier)
+        graph = [(t, self.tasks[t].dependencies) for t in sorted(stored)]
+        decision = staleness.decide(graph, stored, observed)
+        return self.store.apply_decision(decision, worker=self.identifier).invalidated
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -408,25 +403,23 @@ class Worker(Generic[T]):
             return None
         if not self.settings.enable_fingerprints:
             return task
-        cutoff = None
         if task.fingerprint is not None:
             try:
                 self._fingerprint = evaluate(task.fingerprint)
             except Exception as exc:
                 self.fail_current(f"fingerprint could not be computed: {exc}")
                 return None
-            if self._fingerprint is not None and self._fingerprint == claimed.last_fingerprint:
-                cutoff = "early cutoff: fingerprint unchanged"
-        elif claimed.inputs_unchanged:
-            cutoff = "early cutoff: no dependency changed"
-        if cutoff is None or claimed.previous != TaskState.INVALIDATED or claimed.joined:
+        why = staleness.cutoff(claimed.previous, claimed.last_fingerprint, self._fingerprint,
+                     inputs_unchanged=claimed.inputs_unchanged and task.fingerprint is None,
+                     joined=claimed.joined)  # fmt: skip
+        if why is None:
             return task
         self._claimed = None
         self.store.complete(
             claimed.id,
             self.identifier,
             fingerprint=self._fingerprint,
-            reason=cutoff,
+            reason=why,
             ran=False,
         )
         return None

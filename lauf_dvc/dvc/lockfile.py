@@ -29,6 +29,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.yamlparse import safe_yaml
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def dump_entry(stage: PipelineStage) -> bool:
     would; False (nothing written) where this fast path does not apply."""
     from dvc.stage.serialize import to_lockfile
 
-    lockfile = stage.dvcfile._lockfile
+    lockfile = compat.lockfile_of(stage.dvcfile)
     fs = stage.repo.fs
     try:
         with fs.open(lockfile.path, encoding="utf-8") as fd:
@@ -108,10 +109,8 @@ def splice(text: str, name: str, entry: dict[str, Any]) -> tuple[str, bool] | No
 
 def render(entry: dict[str, Any]) -> str:
     """The lines DVC writes for ``entry`` under ``stages:`` (two-space indented)."""
-    from dvc.utils.serialize._yaml import _get_yaml
-
     out = io.StringIO()
-    _get_yaml().dump({"stages": entry}, out)
+    compat.yaml_dumper().dump({"stages": entry}, out)
     text = out.getvalue()
     assert text.startswith(_HEADER), text[:40]
     return text[len(_HEADER) :]

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc import speedups
+from lauf_dvc.dvc import compat, speedups
 from lauf_dvc.dvc.atomic import write_json
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo]] |
     """``(lauf_vars, stages)`` as the last full load found them, if nothing changed since."""
     from lauf_dvc.dvc.pipeline import StageInfo
 
+    if not compat.caches():
+        return None
     try:
         snap = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
         if snap.get("format") != FORMAT or snap.get("versions") != versions():
@@ -78,6 +80,8 @@ class Recording:
 
     def save(self, lauf_dir: Path, lauf_vars: dict[str, Any], stages: Sequence[StageInfo]) -> None:
         """Store the loaded pipeline with what it depends on; never fails the caller."""
+        if not compat.caches():
+            return
         try:  # dvc.lock files are read too, but nothing loaded here comes from them
             files = {f for f in self.files if os.path.basename(f) != "dvc.lock"}
             dirs = {}
@@ -118,7 +122,7 @@ def recording(repo: Repo) -> Iterator[Recording]:
     """Note every directory DVC walks and every file it reads through ``repo`` meanwhile."""
     rec = Recording(repo.root_dir)
     fs = repo.fs
-    if getattr(fs, "protocol", None) != "local":
+    if getattr(fs, "protocol", None) != "local" or not compat.caches():
         yield rec
         return
     walk, open_ = fs.walk, fs.open

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc.dvc import compat
 from lauf_dvc.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -267,12 +268,13 @@ def make_repo(root: str | Path) -> Repo:
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
-    from lauf_dvc.dvc import repolock, speedups
+    from lauf_dvc.dvc import compat, repolock, speedups
 
+    compat.check()  # once per process: one warning line if a DVC internal moved
     speedups.install()
     repolock.install()
     try:
-        repo = Repo(os.path.abspath(root), _wait_for_lock=True)
+        repo = Repo(os.path.abspath(root), **compat.repo_kwargs())
     except NotDvcRepoError:
         raise PipelineError(
             f"{root} is not inside a DVC repository: run `dvc init` there first"
@@ -312,7 +314,7 @@ def locked(repo: Repo) -> Iterator[None]:
 
     from lauf_dvc.dvc import repolock
 
-    if repo._lock_depth:  # re-entered
+    if compat.lock_depth(repo):  # re-entered
         with lock_repo(repo), contextlib.chdir(repo.root_dir):
             yield
         return

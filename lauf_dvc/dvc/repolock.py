@@ -143,7 +143,9 @@ def install() -> None:
     3 s, which would fail the stage). Once per process."""
     import dvc.rwlock
 
-    if getattr(dvc.rwlock.make_lock, "lauf_noted", False):
+    from lauf_dvc.dvc import compat
+
+    if getattr(dvc.rwlock.make_lock, "lauf_noted", False) or not compat.enabled("rwlock"):
         return
     original = dvc.rwlock.make_lock
 

@@ -46,13 +46,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lauf_dvc.dvc import atomic, lockfile, repolock
+from lauf_dvc.dvc import atomic, compat, lockfile, repolock
 from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.pipeline import (
     address_of,
@@ -151,7 +151,8 @@ class StageRunner:
     def repo(self) -> Repo:
         if self._repo is None:
             self._repo = make_repo(self.root)
-            self._atomic = atomic.install(self._repo)  # dvc.lock: old or new, never torn
+            if compat.fast_path():  # dvc.lock: old or new, never torn
+                self._atomic = atomic.install(self._repo)
         return self._repo
 
     def close(self) -> None:
@@ -179,10 +180,16 @@ class StageRunner:
     ) -> StageResult:
         """See :func:`run_stage`. ``env``: set for the stage's command (its GPU ids...)."""
         repo = self.repo
-        assert self._atomic is not None
         opts = options or StageOptions(force=force, run_cache=run_cache)
         job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts,
                    dict(env or {}))  # fmt: skip
+        if self._atomic is None:  # a DVC internal moved (lauf_dvc.dvc.compat)
+            try:
+                return _reproduce_public(job)
+            except _StageFailed as exc:
+                return job.failed(None, str(exc))
+            finally:
+                job.close()
         try:
             prepared = _prepare_when_free(job)
             if isinstance(prepared, StageResult):
@@ -245,7 +252,7 @@ def log_file(log_dir: Path, address: str) -> Path:
 @dataclass
 class _Job:
     repo: Repo
-    atomic: atomic.AtomicFiles
+    atomic: atomic.AtomicFiles | None  # None: DVC's public path (see lauf_dvc.dvc.compat)
     address: str
     started: float
     log_dir: Path | None
@@ -398,6 +405,51 @@ def _reproduce_whole(job: _Job, stage: Stage) -> StageResult:
     return job.result("ran", stage, "ran", written=True)
 
 
+def _reproduce_public(job: _Job) -> StageResult:
+    """DVC's public path, where a DVC internal lauf's fast path uses has moved
+    (:mod:`lauf_dvc.dvc.compat`): under DVC's repository lock, ``Stage.reproduce`` then
+    ``stage.dump(update_pipeline=False)``, as ``dvc repro`` (dvc/repo/reproduce.py
+    ``_reproduce_stage``). DVC itself releases the lock while the command runs
+    (``unlocked_repo``), so stages of several workers still run at once; lauf's lock
+    queue is not taken (it would be held across the command). The command prints to
+    the worker's output, as under ``dvc repro``; its environment gets the stage's
+    resources and never lauf's secrets."""
+    from dvc.exceptions import DvcException
+
+    repo, opts = job.repo, job.options
+    with compat.public_lock(repo), contextlib.chdir(repo.root_dir):
+        with dvc_errors(repo.root_dir, f"stage {job.address!r}"):
+            stage = collect_stage(repo, job.address)
+        try:
+            with repo.scm_context(quiet=True), _command_environ(job.env):
+                done = stage.reproduce(
+                    upstream=_upstream(job, stage), force=opts.force,
+                    allow_missing=opts.allow_missing, pull=opts.pull,
+                    no_commit=opts.no_commit, run_cache=opts.run_cache,
+                )  # fmt: skip
+                if done is None:
+                    return job.result("skipped", stage, "up to date", written=False)
+                stage.dump(update_pipeline=False)
+        except (DvcException, OSError) as exc:
+            raise _StageFailed(reword(exc, repo.root_dir)) from None
+    return job.result("ran", stage, "ran", written=True)
+
+
+@contextmanager
+def _command_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """The process environment as the command is to see it (DVC's public path copies
+    ``os.environ`` for it): ``env`` set, :data:`SECRET_ENV` removed; restored after."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    for key in SECRET_ENV:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _dump_dvc_file(repo: Repo, stage: Stage) -> None:
     """``stage.dump()`` of a ``.dvc`` file, written through ``repo.fs`` (so atomically:
     :mod:`lauf_dvc.dvc.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
@@ -445,7 +497,8 @@ def _before_command(job: _Job, stage: PipelineStage) -> StageResult | None:
 def _execute(job: _Job, prepared: _Prepared) -> int:
     """Phase 2, no repository lock: each command line in the user's shell, as DVC runs it."""
     from dvc.env import DVC_STAGE
-    from dvc.stage.run import _make_cmd, _warn_if_fish, get_executable, prepare_kwargs
+
+    _make_cmd, _warn_if_fish, get_executable, prepare_kwargs = compat.run_parts()
 
     stage = prepared.stage
     kwargs = prepare_kwargs(stage)  # cwd=wdir, env with DVC_ROOT and DVC_STAGE, close_fds
@@ -510,9 +563,7 @@ def _save(job: _Job, stage: PipelineStage) -> None:
         if job.repo.lock.is_locked:
             stage.commit(allow_missing=opts.allow_missing)
         else:  # Stage.commit's body: @rwlocked would only re-enter the path locks we
-            from dvc.stage import Stage  # hold, after asserting the repository lock
-
-            Stage.commit.__wrapped__(stage, allow_missing=opts.allow_missing)
+            compat.commit_unlocked(stage, allow_missing=opts.allow_missing)  # hold
 
 
 def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
@@ -534,6 +585,7 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
 def _dump(job: _Job, stage: Stage, write: Any) -> None:
     """Write the stage's entry (``write()``), atomically, checking it went through
     :mod:`lauf_dvc.dvc.atomic`."""
+    assert job.atomic is not None  # the fast path
     job.atomic.stage, before = job.address, job.atomic.replaced
     try:
         write()
@@ -598,14 +650,9 @@ class _PathLocks:
     """
 
     def __init__(self, repo: Repo, stage: PipelineStage) -> None:
-        from dvc.dependency.db import AbstractDependency
-        from dvc.dependency.repo import RepoDependency
         from dvc.rwlock import rwlock
 
-        def paths(items: Sequence[Any]) -> list[str]:  # as dvc/stage/decorators.py _chain
-            skip = (RepoDependency, AbstractDependency)
-            return [item.fs_path for item in items if not isinstance(item, skip)]
-
+        paths = compat.rwlock_paths
         hardlink = repolock.uses_hardlink(repo)
         cmd = " ".join(sys.argv)  # what @rwlocked uses: the same owner re-enters
         self._cm: AbstractContextManager[None] = rwlock(

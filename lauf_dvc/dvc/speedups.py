@@ -41,10 +41,14 @@ def install() -> None:
         from dvc import schema
         from dvc.utils import strictyaml
 
-        if getattr(schema, "vol", None) is voluptuous and hasattr(schema, "either_or"):
+        from lauf_dvc.dvc import compat
+
+        if compat.enabled("schema-either-or"):
             schema.vol = _CachingVoluptuous(voluptuous)
-        strictyaml.load = _YamlCache(strictyaml.load).load
-        _compile_ignore_patterns_once()
+        if compat.enabled("strictyaml-load"):
+            strictyaml.load = _YamlCache(strictyaml.load).load
+        if compat.enabled("dulwich-ignore"):
+            _compile_ignore_patterns_once()
         _installed = True
 
 
@@ -117,6 +121,11 @@ def params_files_read_once() -> Iterator[None]:
     """
     from dvc.dependency import param
 
+    from lauf_dvc.dvc import compat
+
+    if not compat.enabled("params-load-path"):
+        yield
+        return
     real = param.load_path
     cache: dict[str, tuple[tuple[int, int, int], Any]] = {}
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.atomic import write_json
 from lauf_dvc.dvc.pipecache import RACY, file_stat, versions
 
@@ -97,7 +98,8 @@ class Keys:
 
 def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
     """The stored verdicts whose key still holds."""
-
+    if not compat.caches():
+        return {}
     try:
         stored = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
         if stored.get("format") != FORMAT or stored.get("versions") != versions():
@@ -120,6 +122,8 @@ def forget(lauf_dir: Path) -> None:
 
 def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> None:
     """Store ``verdicts`` (just computed by DVC) under the keys taken before asking DVC."""
+    if not compat.caches():
+        return
     try:
         stages = {}
         for address, verdict in verdicts.items():

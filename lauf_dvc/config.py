@@ -224,10 +224,6 @@ def _as_str(value: Any) -> str:
     return value
 
 
-def _as_bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else parse_bool(str(value))
-
-
 def _as_choice(*choices: str) -> Callable[[Any], str]:
     def coerce(value: Any) -> str:
         if value not in choices:

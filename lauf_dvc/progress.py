@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lauf_dvc.states import TaskState
+from lauf_dvc.states import WorkerState as W
 
 if TYPE_CHECKING:
     from lauf_dvc.dvc.project import Project, SyncReport
@@ -384,9 +385,9 @@ def _workers_table(snap: Snapshot) -> Table | str:
     by_id = {r.id: r for r in snap.rows}
     for w in snap.workers:
         state = w["state"]
-        if state == "alive" and w["expires"] < snap.now:
+        if state == W.ALIVE and w["expires"] < snap.now:
             state = "late"  # about to be presumed dead
-        if state == "offline" and snap.now - w["heartbeat"] > GONE_AFTER:
+        if state == W.OFFLINE and snap.now - w["heartbeat"] > GONE_AFTER:
             hidden += 1
             continue
         task = w.get("task")
@@ -394,7 +395,7 @@ def _workers_table(snap: Snapshot) -> Table | str:
         if task is not None:
             took = snap.duration(by_id[task]) if task in by_id else None
             doing = f"{task} ({_fmt_time(took)})" if took is not None else task
-        style = {"alive": "green", "late": "yellow", "dead": "red"}.get(state, "dim")
+        style = {W.ALIVE: "green", "late": "yellow", W.DEAD: "red"}.get(state, "dim")
         t.add_row(w["id"], w["host"], str(w["pid"]), f"[{style}]{state}[/]",
                   f"{_fmt_time(max(0.0, snap.now - w['heartbeat']))} ago", doing)  # fmt: skip
     gone = f"{hidden} worker(s) that finished earlier not shown" if hidden else ""

@@ -55,10 +55,28 @@ TRANSITIONS: frozenset[tuple[TaskState | None, TaskState]] = frozenset(
 
 #: States a worker may claim (given every dependency is completed).
 CLAIMABLE: frozenset[TaskState] = frozenset({S.PENDING, S.INVALIDATED})
-#: States that still need work (the run is not over while a task is in one of them).
-UNFINISHED: frozenset[TaskState] = frozenset({S.PENDING, S.INVALIDATED, S.RUNNING})
-#: States that end a task for good unless someone resets it.
-FAILURES: frozenset[TaskState] = frozenset({S.FAILED, S.KILLED, S.UPSTREAM_FAILED})
+#: States a new run (or ``lauf-dvc reset``) puts back to pending: the task's own failure.
+RETRYABLE: frozenset[TaskState] = frozenset({S.FAILED, S.KILLED})
+
+
+def sql_in(states: frozenset[TaskState] | set[TaskState], column: str = "state") -> str:
+    """An SQL predicate on ``column`` for these states, for partial indexes and raw SQL
+    (always the same text for the same set: the states in declaration order; one state
+    as ``=``, so the partial indexes of existing databases still match)."""
+    values = [s.value for s in TaskState if s in states]
+    if len(values) == 1:
+        return f"{column} = '{values[0]}'"
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class WorkerState(enum.StrEnum):
+    """A worker's row: ``alive`` while it heartbeats, ``offline`` once it stopped
+    cleanly, ``dead`` once another worker reaped it (its heartbeat expired, or its
+    process is gone). Stored as these strings; never rename one."""
+
+    ALIVE = "alive"
+    OFFLINE = "offline"
+    DEAD = "dead"
 
 
 def check_transition(task_id: str, current: TaskState | None, new: TaskState) -> None:

@@ -22,7 +22,7 @@ from lauf_dvc.scheduler import staleness
 from lauf_dvc.scheduler.staleness import Observed, Stored, Verdict
 from lauf_dvc.scheduler.store import Store
 from lauf_dvc.scheduler.worker import Task
-from lauf_dvc.states import TaskState
+from lauf_dvc.states import RETRYABLE, TaskState
 
 if TYPE_CHECKING:
     from lauf_dvc.plugins import Hooks
@@ -401,7 +401,7 @@ def sync(
     if reset_failures and not dry:
         assert store is not None  # a new run retries what failed in the last one
         store.reset(
-            [r.id for r in store.task_rows() if r.state in (S.FAILED, S.KILLED)],
+            [r.id for r in store.task_rows() if r.state in RETRYABLE],
             worker=worker,
             reason="new run",
         )

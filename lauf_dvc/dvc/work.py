@@ -23,6 +23,7 @@ from lauf_dvc.faults import fault
 from lauf_dvc.resources import command_env, demand_of
 from lauf_dvc.scheduler.locks import LockSet
 from lauf_dvc.scheduler.worker import MAX_BACKOFF, Worker, default_identifier
+from lauf_dvc.states import WorkerState as W
 from lauf_dvc.termination import Terminated
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def run_worker(
     report = WorkerReport(ident)
     worker.start()
     # a dvc.lock writer that died holding DVC's hard-link lock: others may break it
-    repolock.register_worker(ident, lambda w: store.worker_state(w) in ("dead", "offline"))
+    repolock.register_worker(ident, lambda w: store.worker_state(w) in (W.DEAD, W.OFFLINE))
     try:
         fault("worker-crash")
         if do_sync:  # any worker may start first: sync once at a time, idempotently

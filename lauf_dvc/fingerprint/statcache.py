@@ -82,10 +82,6 @@ class StatCache:
 
     # -- reading -------------------------------------------------------------------------
 
-    def get(self, algo: str, path: str, st: os.stat_result) -> str | None:
-        """The cached hash of ``path`` if its stat still matches ``st``, else ``None``."""
-        return self.get_many(algo, [(path, st)]).get(path)
-
     def get_many(self, algo: str, items: Sequence[tuple[str, os.stat_result]]) -> dict[str, str]:
         """``{path: hash}`` for every item whose cached stat matches; misses are absent."""
         found: dict[str, str] = {}

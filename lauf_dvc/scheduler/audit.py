@@ -33,6 +33,7 @@ from lauf_dvc.scheduler.schema import edges, events, tasks, workers
 from lauf_dvc.scheduler.store import Event, Store
 from lauf_dvc.scheduler.txn import IGNORED
 from lauf_dvc.states import CLAIMABLE, TaskState
+from lauf_dvc.states import WorkerState as W
 
 S = TaskState
 #: The reason of the ``running`` event a worker joining a running task writes (txn._take).
@@ -257,7 +258,7 @@ def runs(trail: Trail) -> list[Run]:
         start = _sync_start(gap, lanes, start)
         mine = tuple(found[bisect_left(starts, start) : bisect_right(starts, end)])
         live = any(a.ended == S.RUNNING for a in mine) or any(
-            s.state == "alive" and s.expires >= trail.now for s in lanes
+            s.state == W.ALIVE and s.expires >= trail.now for s in lanes
         )
         marks = ends[bisect_left(end_times, start) : bisect_right(end_times, end)]
         up = tuple(t for _, t, state in marks if state == S.COMPLETED)
@@ -268,7 +269,7 @@ def runs(trail: Trail) -> list[Run]:
 
 
 def _session_end(s: Session, now: float) -> float:
-    return max(now, s.seen) if s.state == "alive" and s.expires >= now else s.seen
+    return max(now, s.seen) if s.state == W.ALIVE and s.expires >= now else s.seen
 
 
 def _merge(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -295,7 +296,7 @@ def _lanes(
             orphans.setdefault(a.worker, []).append(a)
     for worker, theirs in orphans.items():
         last = max(a.end for a in theirs)
-        lanes[worker] = Session(worker, "", 0, "offline", theirs[0].start, last, last)
+        lanes[worker] = Session(worker, "", 0, W.OFFLINE, theirs[0].start, last, last)
     return tuple(sorted(lanes.values(), key=lambda s: (s.started, s.id)))
 
 

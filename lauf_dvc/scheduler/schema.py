@@ -21,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 
+from lauf_dvc.states import CLAIMABLE, RETRYABLE, TaskState, sql_in
+
 #: Bump when a table changes; a database of another version is refused with a clear error.
 SCHEMA_VERSION = 2
 #: Versions :func:`~lauf_dvc.scheduler.database.Database` upgrades in place (their
@@ -38,9 +40,10 @@ MIGRATIONS = {
 
 #: The ready predicate, written literally: SQLite uses a partial index only when the
 #: query repeats the index's WHERE terms with literal values.
-READY_SQL = "state IN ('pending', 'invalidated') AND waiting = 0 AND active = 1"
-TODO_SQL = "state IN ('pending', 'invalidated') AND active = 1"
-FAILED_SQL = "state IN ('failed', 'killed') AND active = 1"
+READY_SQL = f"{sql_in(CLAIMABLE)} AND waiting = 0 AND active = 1"
+TODO_SQL = f"{sql_in(CLAIMABLE)} AND active = 1"
+FAILED_SQL = f"{sql_in(RETRYABLE)} AND active = 1"
+RUNNING_SQL = sql_in({TaskState.RUNNING})
 
 metadata = MetaData()
 
@@ -98,8 +101,8 @@ Index(
 Index(
     "ix_tasks_running",
     tasks.c.seq,
-    sqlite_where=text("state = 'running'"),
-    postgresql_where=text("state = 'running'"),
+    sqlite_where=text(RUNNING_SQL),
+    postgresql_where=text(RUNNING_SQL),
 )
 Index(
     "ix_tasks_failed",
@@ -111,8 +114,8 @@ Index(
     "ix_tasks_joinable",
     tasks.c.priority.desc(),
     tasks.c.seq,
-    sqlite_where=text("state = 'running' AND max_workers > 1"),
-    postgresql_where=text("state = 'running' AND max_workers > 1"),
+    sqlite_where=text(f"{RUNNING_SQL} AND max_workers > 1"),
+    postgresql_where=text(f"{RUNNING_SQL} AND max_workers > 1"),
 )
 
 edges = Table(

@@ -24,6 +24,7 @@ from lauf_dvc.scheduler.database import Database
 from lauf_dvc.scheduler.schema import (
     FAILED_SQL,
     READY_SQL,
+    RUNNING_SQL,
     TODO_SQL,
     assignments,
     edges,
@@ -36,6 +37,7 @@ from lauf_dvc.scheduler.schema import (
 from lauf_dvc.scheduler.staleness import Decision
 from lauf_dvc.scheduler.txn import Claimed, Now, Room, TaskSpec, at
 from lauf_dvc.states import CLAIMABLE, TaskState
+from lauf_dvc.states import WorkerState as W
 
 S = TaskState
 __all__ = [
@@ -108,7 +110,7 @@ def graph_hash(specs: Sequence[TaskSpec], limits: Mapping[str, int] | None = Non
     return h.hexdigest()
 
 
-_RUNNING_ANY = select(tasks.c.id).where(text("state = 'running'")).limit(1)
+_RUNNING_ANY = select(tasks.c.id).where(text(RUNNING_SQL)).limit(1)
 _TODO_ANY = (
     select(tasks.c.id)
     .where(
@@ -127,7 +129,7 @@ def _any_ready(conn: Connection, allowed: Sequence[str], join: bool, room: Room)
 
 _READY_KEYS = select(tasks.c.requirements, tasks.c.shape).where(text(READY_SQL)).distinct()
 _LIVE = select(workers.c.labels, workers.c.pool, workers.c.capacity).where(
-    workers.c.state == "alive", workers.c.expires >= bindparam("b_now")
+    workers.c.state == W.ALIVE, workers.c.expires >= bindparam("b_now")
 )
 
 
@@ -238,7 +240,7 @@ class Store(Database):
             host=host,
             pid=pid,
             labels=labels,
-            state="alive",
+            state=W.ALIVE,
             started=now,
             heartbeat=now,
             expires=now + timeout,
@@ -251,7 +253,7 @@ class Store(Database):
             row = conn.execute(select(workers.c.state).where(workers.c.id == worker_id)).first()
             if row is None:
                 conn.execute(insert(workers).values(id=worker_id, **values))
-            elif row.state == "alive":
+            elif row.state == W.ALIVE:
                 raise StoreError(
                     f"a live worker named {worker_id!r} is already registered: "
                     "give every worker its own identifier"
@@ -265,7 +267,7 @@ class Store(Database):
         with self.write() as conn:
             res = conn.execute(
                 update(workers)
-                .where(workers.c.id == worker_id, workers.c.state == "alive")
+                .where(workers.c.id == worker_id, workers.c.state == W.ALIVE)
                 .values(heartbeat=now, expires=now + timeout)
             )
             return res.rowcount == 1
@@ -273,7 +275,7 @@ class Store(Database):
     def alive_on(self, host: str) -> list[tuple[str, int, float]]:
         """``(id, pid, started)`` of the workers registered alive on ``host``."""
         q = select(workers.c.id, workers.c.pid, workers.c.started).where(
-            workers.c.state == "alive", workers.c.host == host
+            workers.c.state == W.ALIVE, workers.c.host == host
         )
         with self.read() as conn:
             return [tuple(r) for r in conn.execute(q)]
@@ -282,7 +284,7 @@ class Store(Database):
         """How many workers are alive (registered, heartbeat not expired)."""
         now = at(self._now(now))
         alive = select(func.count()).select_from(workers)
-        alive = alive.where(workers.c.state == "alive", workers.c.expires >= now)
+        alive = alive.where(workers.c.state == W.ALIVE, workers.c.expires >= now)
         with self.read() as conn:
             return conn.execute(alive).scalar_one()
 
@@ -300,7 +302,7 @@ class Store(Database):
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
-                .values(state="alive", heartbeat=now, expires=now + timeout)
+                .values(state=W.ALIVE, heartbeat=now, expires=now + timeout)
             )
 
     def worker_offline(self, worker_id: str, *, now: float | None = None) -> None:
@@ -308,8 +310,8 @@ class Store(Database):
         with self.write() as conn:
             conn.execute(
                 update(workers)
-                .where(workers.c.id == worker_id, workers.c.state == "alive")
-                .values(state="offline", heartbeat=now)
+                .where(workers.c.id == worker_id, workers.c.state == W.ALIVE)
+                .values(state=W.OFFLINE, heartbeat=now)
             )
 
     def reap(
@@ -327,7 +329,7 @@ class Store(Database):
         """
         now = at(self._now(now))
         expired = select(workers.c.id).where(
-            workers.c.state == "alive",
+            workers.c.state == W.ALIVE,
             (workers.c.expires < now) | workers.c.id.in_(list(dead)),
         )
         with self.read() as conn:  # cheap and indexed: most calls find nothing
@@ -336,7 +338,7 @@ class Store(Database):
         killed: list[str] = []
         with self.write(exclusive=True) as conn:
             for gone in conn.execute(expired).scalars().all():
-                conn.execute(update(workers).where(workers.c.id == gone).values(state="dead"))
+                conn.execute(update(workers).where(workers.c.id == gone).values(state=W.DEAD))
                 held = select(assignments.c.task).where(assignments.c.worker == gone)
                 for task_id in conn.execute(held).scalars().all():
                     reason = f"worker {gone} stopped sending heartbeats"

@@ -20,6 +20,7 @@ from lauf_dvc.errors import IllegalTransition
 from lauf_dvc.resources import Capacity, Usage, demand_of, fit
 from lauf_dvc.scheduler.schema import (
     READY_SQL,
+    RUNNING_SQL,
     assignments,
     edges,
     events,
@@ -28,7 +29,8 @@ from lauf_dvc.scheduler.schema import (
     tasks,
     workers,
 )
-from lauf_dvc.states import CLAIMABLE, TaskState, check_transition
+from lauf_dvc.states import CLAIMABLE, RETRYABLE, TaskState, check_transition, sql_in
+from lauf_dvc.states import WorkerState as W
 
 #: ``Connection.info`` key of the transitions a write transaction made (see Transition).
 TRANSITIONS_KEY = "lauf_transitions"
@@ -162,7 +164,7 @@ _READY = (
 _JOINABLE = (
     select(*_COLS)
     .where(
-        text("state = 'running' AND max_workers > 1"),
+        text(f"{RUNNING_SQL} AND max_workers > 1"),
         tasks.c.sealed == 0,
         tasks.c.running < tasks.c.max_workers,
         tasks.c.requirements.in_(bindparam("b_keys", expanding=True)),
@@ -308,7 +310,7 @@ _HOST_USAGE = (
     .where(workers.c.pool == bindparam("b_host"))
 )
 _HOST_WORKERS = select(func.count()).where(
-    workers.c.pool == bindparam("b_host"), workers.c.state == "alive"
+    workers.c.pool == bindparam("b_host"), workers.c.state == W.ALIVE
 )
 _GROUP_LIMITS = (
     select(groups.c.name, groups.c.limit)
@@ -317,7 +319,7 @@ _GROUP_LIMITS = (
 )
 _GROUP_RUNNING = (
     select(tasks.c.grp, func.count())
-    .where(text("state = 'running'"), tasks.c.grp.in_(bindparam("b_names", expanding=True)))
+    .where(text(RUNNING_SQL), tasks.c.grp.in_(bindparam("b_names", expanding=True)))
     .group_by(tasks.c.grp)
 )
 
@@ -542,13 +544,13 @@ _DOWNSTREAM = text("""
     JOIN lauf_tasks t ON t.id = d.id GROUP BY t.id, t.state ORDER BY depth, t.id
 """)
 
-_HELD_BACK = text("""
+_HELD_BACK = text(f"""
     WITH RECURSIVE up(id) AS (
         SELECT dep FROM lauf_edges WHERE task = :root
         UNION SELECT e.dep FROM lauf_edges e JOIN up u ON e.task = u.id
     )
     SELECT 1 FROM up JOIN lauf_tasks t ON t.id = up.id
-    WHERE t.state IN ('failed', 'killed') LIMIT 1
+    WHERE {sql_in(RETRYABLE, "t.state")} LIMIT 1
 """)
 
 

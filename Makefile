@@ -41,7 +41,9 @@ $(DVC_STAMP): pyproject.toml
 LOW_VENV := .venv-dvc-low
 LOW_STAMP := $(LOW_VENV)/.installed-$(shell cat pyproject.toml tests/constraints/dvc-lowest.txt | cksum | cut -d' ' -f1)
 LOW_TESTS := tests/dvc/test_dropin.py tests/dvc/test_fingerprint_sync.py tests/dvc/test_pipeline.py \
-	tests/dvc/test_lockfile.py tests/dvc/test_runner.py tests/dvc/test_api.py
+	tests/dvc/test_lockfile.py tests/dvc/test_runner.py tests/dvc/test_api.py \
+	tests/dvc/test_compat.py tests/dvc/test_one_engine.py tests/dvc/test_fingerprinters.py \
+	tests/dvc/test_crash.py
 
 test-dvc-low: $(LOW_STAMP)
 	$(LOW_VENV)/bin/python -c "import dvc; print('DVC', dvc.__version__)"

@@ -29,6 +29,22 @@ MIN_HEARTBEAT_INTERVAL = 0.05  # seconds
 MAX_HEARTBEAT_TIMEOUT = 7 * 24 * 3600.0  # seconds
 
 
+def worker_identifier() -> str | None:
+    """``LAUF_DVC_IDENTIFIER``: the name a worker registers with (None: make one)."""
+    return os.environ.get(ENV_PREFIX + "IDENTIFIER") or None
+
+
+def spawn_workers() -> bool:
+    """``LAUF_DVC_SPAWN=1``: ``repro`` starts new worker processes instead of forking."""
+    return os.environ.get(ENV_PREFIX + "SPAWN") == "1"
+
+
+def compat_broken() -> set[str]:
+    """``LAUF_DVC_COMPAT_BREAK=name,...``: DVC-seam probes to fail (tests of the fallbacks)."""
+    raw = os.environ.get(ENV_PREFIX + "COMPAT_BREAK", "")
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in {"1", "true", "yes", "on"}:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,7 +243,9 @@ def check() -> Report:
 
 
 def _run_probes() -> Report:
-    broken = {n.strip() for n in os.environ.get(BREAK_ENV, "").split(",") if n.strip()}
+    from lauf_dvc.config import compat_broken
+
+    broken = compat_broken()
     failed: dict[str, str] = {}
     for item in ITEMS:
         if item.name in broken:

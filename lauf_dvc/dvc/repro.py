@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lauf_dvc import termination
+from lauf_dvc.config import spawn_workers
 from lauf_dvc.dvc.command import kill_commands_of
 from lauf_dvc.dvc.plan import StageOptions
 from lauf_dvc.dvc.project import Project, SyncReport, sync
@@ -45,7 +46,7 @@ def fork_allowed() -> bool:
     """Fork local workers (cheap: they inherit the imports and the loaded pipeline) where
     fork is safe; macOS's system libraries are not fork-safe, so there (and with
     ``LAUF_DVC_SPAWN=1``) a worker is a new process."""
-    return sys.platform.startswith("linux") and os.environ.get("LAUF_DVC_SPAWN") != "1"
+    return sys.platform.startswith("linux") and not spawn_workers()
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import psutil
 
-from lauf_dvc.config import SchedulerSettings
+from lauf_dvc.config import SchedulerSettings, worker_identifier
 from lauf_dvc.errors import ConfigError, FailurePolicyStop, LaufError
 from lauf_dvc.resources import (
     Capacity,
@@ -110,9 +110,7 @@ class Task(Generic[T]):
 
 
 def default_identifier() -> str:
-    return os.environ.get("LAUF_DVC_IDENTIFIER") or (
-        f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
+    return worker_identifier() or (f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
 
 
 def evaluate(fingerprint: Fingerprint) -> str | None:

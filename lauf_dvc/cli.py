@@ -250,7 +250,7 @@ def _warn(lines: Sequence[str]) -> None:
 def cmd_repro(args: argparse.Namespace) -> int:
     from lauf_dvc.dvc.pipeline import missing_inputs
     from lauf_dvc.dvc.plan import from_flags
-    from lauf_dvc.dvc.project import open_project, sync
+    from lauf_dvc.dvc.project import open_project, reconcile
     from lauf_dvc.dvc.repro import repro
     from lauf_dvc.progress import ProgressView, print_dry_run, print_summary, requires_text
 
@@ -266,7 +266,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     _warn(missing_inputs(project.root, project.stages))
     if args.dry:
         store = project.store() if project.has_database() else None  # a look creates nothing
-        print_dry_run(project, sync(project, store, worker=None, force=args.force, dry=True))
+        print_dry_run(project, reconcile(project, store, worker=None, force=args.force, dry=True))
         return ExitCode.OK
     needs = {a: ss.requires for a, ss in project.stage_settings.items() if ss.requires}
 

@@ -378,7 +378,7 @@ class SyncReport:
     adopted: list[str]
 
 
-def sync(
+def reconcile(
     project: Project,
     store: Store | None,
     *,
@@ -428,7 +428,7 @@ def sync(
 def status_rows(project: Project) -> list[dict[str, Any]]:
     """Every selected stage: its state in the database, whether it is stale, and why."""
     store = project.store() if project.has_database() else None  # a look creates nothing
-    report = sync(project, store, worker=None, dry=True)
+    report = reconcile(project, store, worker=None, dry=True)
     db = {r.id: r for r in store.task_rows()} if store is not None else {}
     rows = []
     for stage in project.stages:

@@ -24,7 +24,7 @@ from lauf_dvc import termination
 from lauf_dvc.config import spawn_workers
 from lauf_dvc.dvc.command import kill_commands_of
 from lauf_dvc.dvc.plan import StageOptions
-from lauf_dvc.dvc.project import Project, SyncReport, sync
+from lauf_dvc.dvc.project import Project, SyncReport, reconcile
 from lauf_dvc.dvc.runner import pull_run_cache
 from lauf_dvc.dvc.work import RESTORED
 from lauf_dvc.errors import ExitCode, LaufError
@@ -137,7 +137,7 @@ def repro(
     tasks = project.tasks()
     limits = project.settings.group_limits()
     store.sync_graph([t.spec() for t in tasks], worker=ident, limits=limits)
-    report = sync(project, store, worker=ident, force=opts.force, reset_failures=True)
+    report = reconcile(project, store, worker=ident, force=opts.force, reset_failures=True)
     result = ReproResult(report)
     rows = store.task_rows()
     todo = [r for r in rows if r.state != S.COMPLETED]

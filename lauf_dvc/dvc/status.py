@@ -127,7 +127,8 @@ def vanished(address: str, exc: OSError) -> StageVerdict:
     """A file that vanished while it was hashed: a running stage is rewriting it (its
     own outputs, or an upstream stage's that it depends on). That is a change, never an
     error: a worker joining a running pipeline must not die of it (issue 13). The stage
-    reads as stale; one that is running is left alone by :func:`sync` anyway."""
+    reads as stale; one that is running is left alone by
+    :func:`lauf_dvc.dvc.project.reconcile` anyway."""
     path = exc.filename or str(exc)
     return StageVerdict(address, True, (f"{path} changed while it was read",))
 

@@ -16,7 +16,7 @@ from typing import Any
 from lauf_dvc.dvc import repolock
 from lauf_dvc.dvc.pipeline import StageInfo
 from lauf_dvc.dvc.plan import StageOptions
-from lauf_dvc.dvc.project import Project, sync
+from lauf_dvc.dvc.project import Project, reconcile
 from lauf_dvc.dvc.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
 from lauf_dvc.faults import fault
@@ -97,7 +97,7 @@ def run_worker(
         fault("worker-crash")
         if do_sync:  # any worker may start first: sync once at a time, idempotently
             with locks.get("sync"):
-                sync(project, store, worker=ident, force=opts.force)
+                reconcile(project, store, worker=ident, force=opts.force)
         _loop(project, worker, report, options=opts, max_tasks=max_tasks,
               on_event=on_event)  # fmt: skip
         if worker.stopped_idle:

@@ -155,7 +155,7 @@ class Graphband(Generic[T]):
         """
         if self.disabled:
             return False
-        self._worker.sync()  # so that it is true before the first iteration too
+        self._worker.store_graph()  # so that it is true before the first iteration too
         return self._store.has_unfinished(self._worker.allowed, room=self._worker.room)
 
     @property

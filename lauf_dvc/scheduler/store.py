@@ -342,7 +342,7 @@ class Store(Database):
                 held = select(assignments.c.task).where(assignments.c.worker == gone)
                 for task_id in conn.execute(held).scalars().all():
                     reason = f"worker {gone} stopped sending heartbeats"
-                    if txn.leave(
+                    if txn.end_attempt(
                         conn,
                         task_id,
                         gone,
@@ -378,7 +378,7 @@ class Store(Database):
         with self.write(exclusive=True) as conn:
             if conn.execute(stored).scalar() == digest:
                 return False
-            changed = txn.sync(conn, specs, now=self._now(now), worker=worker, limits=limits)
+            changed = txn.sync_graph(conn, specs, now=self._now(now), worker=worker, limits=limits)
             conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
             conn.execute(insert(meta).values(key="graph_hash", value=digest))
             return changed
@@ -490,9 +490,9 @@ class Store(Database):
         ignore: bool = False,
     ) -> bool:
         """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``.
-        ``ignore``: once out of retries it counts as done (see :func:`txn.leave`)."""
+        ``ignore``: once out of retries it counts as done (see :func:`txn.end_attempt`)."""
         with self.write() as conn:
-            return txn.leave(
+            return txn.end_attempt(
                 conn,
                 task_id,
                 worker,
@@ -512,7 +512,7 @@ class Store(Database):
         """``worker`` gives ``task_id`` up unfinished (it is being stopped): killed, and
         pending again within ``budget`` killed retries."""
         with self.write() as conn:
-            return txn.leave(conn, task_id, worker, S.KILLED, now=self._now(now),
+            return txn.end_attempt(conn, task_id, worker, S.KILLED, now=self._now(now),
                              reason=reason, worker=worker, budget=budget)  # fmt: skip
 
     def completed_fingerprints(self) -> dict[str, str | None]:

@@ -467,7 +467,7 @@ def _release(conn: Connection, task_id: str, worker: str) -> bool:
     return True
 
 
-def leave(
+def end_attempt(
     conn: Connection,
     task_id: str,
     holder: str,
@@ -589,7 +589,7 @@ def cascade(
     return hit
 
 
-def sync(
+def sync_graph(
     conn: Connection,
     specs: Sequence[TaskSpec],
     *,

@@ -195,14 +195,14 @@ class Worker(Generic[T]):
             pool=self.room.host,
         )
         self.reap(local=True)
-        self.sync()
+        self.store_graph()
         invalidated = self.check_fingerprints() if self.settings.enable_fingerprints else []
         self.count_alive()
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
         return invalidated
 
-    def sync(self) -> bool:
+    def store_graph(self) -> bool:
         """Make the stored graph this worker's tasks (idempotent; a hash compare if equal)."""
         specs = [t.spec() for t in self.tasks.values()]
         return self.store.sync_graph(specs, worker=self.identifier, limits=self.groups)

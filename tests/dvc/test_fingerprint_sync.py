@@ -21,7 +21,7 @@ import pytest
 from pipelines import diamond, dvc_yaml, params_yaml
 from test_repro_cli import lauf, stale, status
 
-from lauf_dvc.dvc.project import open_project, sync
+from lauf_dvc.dvc.project import open_project, reconcile
 from lauf_dvc.fingerprint import CMD, Fingerprint, json_value
 from lauf_dvc.hookspecs import hookimpl
 from lauf_dvc.plugins import register
@@ -87,12 +87,12 @@ def test_a_plugin_fingerprinter_invalidates_its_stage_and_everything_downstream(
 
     # nothing changed for the plugin: nothing to do
     p = project()
-    assert sync(p, p.store(), worker="t").invalidated == []
+    assert reconcile(p, p.store(), worker="t").invalidated == []
 
     # the plugin sees a new revision of `right`: right, bottom, final; not left/top/side
     revision.revision["right"] = 2
     p = project()
-    report = sync(p, p.store(), worker="t")
+    report = reconcile(p, p.store(), worker="t")
     assert set(report.invalidated) == pipeline.downstream("right") == {"right", "bottom", "final"}
     assert report.will_run["right"] == "revision 1 -> 2"
     assert report.will_run["final"] == "upstream bottom <- upstream right <- revision 1 -> 2"

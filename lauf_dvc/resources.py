@@ -1,6 +1,6 @@
 """Resources: what a task needs (cores, GPUs, memory, named counters, a group) and what
 a host has. Pure values and arithmetic; the claim transaction
-(:mod:`lauf_dvc.scheduler.txn`) uses them.
+(:mod:`lauf_dvc.scheduler.claims`) uses them.
 
 A task's needs are stored as one canonical string, its *shape* (``""``: one core and
 nothing else, the default), so that the ready index can seek "ready tasks of this

@@ -94,3 +94,27 @@ def test_the_checker_sees_function_level_imports() -> None:
     assert "lauf_dvc.dvc.pipeline" in imports(
         MODULES["lauf_dvc.dvc.fingerprinter"], typing_only=False
     )
+
+
+@pytest.mark.parametrize("role", ["claims", "transitions", "graphsync"])
+def test_the_store_roles_run_inside_a_transaction_they_do_not_open(role) -> None:
+    """Claims, state changes and the graph's sync are statements on a connection the
+    :class:`Store` hands them: none opens a transaction itself (imports the store or the
+    database); a claim may change state (transitions), a state change claims nothing."""
+    found = imports(MODULES[f"lauf_dvc.scheduler.{role}"], typing_only=True)
+    opened = {"lauf_dvc.scheduler.store", "lauf_dvc.scheduler.database"}
+    assert not {i for i in found if i in opened or i.rsplit(".", 1)[0] in opened}
+    if role == "transitions":
+        assert not {
+            i
+            for i in found
+            if i.startswith(("lauf_dvc.scheduler.claims", "lauf_dvc.scheduler.graphsync"))
+        }
+
+
+def test_the_store_holds_a_database_rather_than_being_one(tmp_path) -> None:
+    from lauf_dvc.scheduler.database import Database
+    from lauf_dvc.scheduler.store import Store
+
+    assert not issubclass(Store, Database)
+    assert isinstance(Store(f"sqlite:///{tmp_path}/s.sqlite").db, Database)

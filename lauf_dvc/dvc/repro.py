@@ -30,7 +30,7 @@ from lauf_dvc.dvc.work import RESTORED
 from lauf_dvc.errors import ExitCode, LaufError
 from lauf_dvc.resources import Capacity, Demand, demand_of, shortfall
 from lauf_dvc.scheduler.store import Store, TaskRow
-from lauf_dvc.scheduler.txn import IGNORED
+from lauf_dvc.scheduler.transitions import IGNORED
 from lauf_dvc.scheduler.worker import default_identifier
 from lauf_dvc.states import TaskState
 from lauf_dvc.termination import Terminated

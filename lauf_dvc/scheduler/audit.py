@@ -31,12 +31,12 @@ from sqlalchemy import select
 
 from lauf_dvc.scheduler.schema import edges, events, tasks, workers
 from lauf_dvc.scheduler.store import Event, Store
-from lauf_dvc.scheduler.txn import IGNORED
+from lauf_dvc.scheduler.transitions import IGNORED
 from lauf_dvc.states import CLAIMABLE, TaskState
 from lauf_dvc.states import WorkerState as W
 
 S = TaskState
-#: The reason of the ``running`` event a worker joining a running task writes (txn._take).
+#: The reason of the ``running`` event a worker joining a running task writes (claims._take).
 JOINED = "joined"
 ENDS = frozenset({S.COMPLETED, S.FAILED, S.KILLED})
 

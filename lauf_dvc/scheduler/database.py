@@ -24,7 +24,7 @@ from lauf_dvc.scheduler.engine import (
 )
 from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
 from lauf_dvc.scheduler.schema import MIGRATIONS, SCHEMA_VERSION, meta, metadata, tasks
-from lauf_dvc.scheduler.txn import TRANSITIONS_KEY, Transition
+from lauf_dvc.scheduler.transitions import TRANSITIONS_KEY, Transition
 
 #: PostgreSQL advisory lock keys ("lauf" in ASCII, then 1, 2), held to the end of a
 #: transaction.

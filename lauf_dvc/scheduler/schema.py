@@ -1,4 +1,5 @@
-"""Table definitions (SQLAlchemy Core). Queries live in :mod:`lauf_dvc.scheduler.store`.
+"""Table definitions (SQLAlchemy Core). Queries live in :mod:`.store`, :mod:`.claims`,
+:mod:`.transitions` and :mod:`.graphsync`.
 
 The current state of a task is a column, never derived from the event history.
 ``waiting`` counts the dependencies that are not completed; it is kept exact by the

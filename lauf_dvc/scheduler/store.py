@@ -1,46 +1,47 @@
-"""The scheduler database: every transaction and every query, SQLite and PostgreSQL alike.
+"""The scheduler database's API: every transaction, SQLite and PostgreSQL alike.
 
-Workers hold no SQL: they call the methods here; each public method is one short
-transaction. Statements that change task state live in :mod:`lauf_dvc.scheduler.txn`.
+Workers hold no SQL: they call the methods of :class:`Store`; each public method is one
+short transaction over a :class:`~.database.Database`. The statements live by role:
+:mod:`.claims` (what a worker takes), :mod:`.transitions` (every task state change),
+:mod:`.graphsync` (the stored graph); the read-only questions are here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from lauf_dvc.errors import StoreError
-from lauf_dvc.resources import Capacity, demand_of, never_fits
-from lauf_dvc.scheduler import txn
+from lauf_dvc.resources import Capacity
+from lauf_dvc.scheduler import claims, graphsync, transitions
+from lauf_dvc.scheduler.claims import Claimed, Room, live_workers, requirements_key, why_not
 from lauf_dvc.scheduler.database import Database
+from lauf_dvc.scheduler.graphsync import TaskSpec, graph_hash
 from lauf_dvc.scheduler.schema import (
     FAILED_SQL,
-    READY_SQL,
-    RUNNING_SQL,
     TODO_SQL,
     assignments,
     edges,
     events,
     hosts,
-    meta,
     tasks,
     workers,
 )
 from lauf_dvc.scheduler.staleness import Decision
-from lauf_dvc.scheduler.txn import Claimed, Now, Room, TaskSpec, at
-from lauf_dvc.states import CLAIMABLE, TaskState
+from lauf_dvc.scheduler.transitions import Applied, Now, Transition, at
+from lauf_dvc.states import TaskState
 from lauf_dvc.states import WorkerState as W
 
 S = TaskState
 __all__ = [
+    "Applied",
     "Claimed",
     "Event",
     "Room",
@@ -65,14 +66,6 @@ class Event:
     reason: str | None
 
 
-@dataclass
-class Applied:
-    """What :meth:`Store.apply_decision` changed."""
-
-    invalidated: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class TaskRow:
     """A task as stored now."""
@@ -90,100 +83,6 @@ class TaskRow:
     event_id: int = 0  # its latest event (a :meth:`Store.changed_rows` cursor)
 
 
-def requirements_key(labels: Iterable[str]) -> str:
-    """The canonical stored form of a set of labels."""
-    return ",".join(sorted(set(labels)))
-
-
-def labels_of(key: str) -> frozenset[str]:
-    """The labels of a stored requirement key."""
-    return frozenset(filter(None, key.split(",")))
-
-
-def graph_hash(specs: Sequence[TaskSpec], limits: Mapping[str, int] | None = None) -> str:
-    h = hashlib.sha256()
-    for s in sorted(specs, key=lambda s: s.id):
-        key = (s.id, sorted(s.dependencies), s.requirements, s.max_workers, s.priority, s.retries)
-        h.update(repr(key + ((s.shape,) if s.shape else ())).encode())
-    if limits:
-        h.update(repr(sorted(limits.items())).encode())
-    return h.hexdigest()
-
-
-_RUNNING_ANY = select(tasks.c.id).where(text(RUNNING_SQL)).limit(1)
-_TODO_ANY = (
-    select(tasks.c.id)
-    .where(
-        text(TODO_SQL),
-        tasks.c.requirements.in_(bindparam("b_keys", expanding=True)),
-        tasks.c.shape.in_(bindparam("b_shapes", expanding=True)),
-    )
-    .limit(1)
-)
-
-
-def _any_ready(conn: Connection, allowed: Sequence[str], join: bool, room: Room) -> bool:
-    shapes = list(txn.free_shapes(conn, room, lock=False))
-    return any(conn.execute(q, p).first() for q, p in txn.candidates(allowed, join, shapes=shapes))
-
-
-_READY_KEYS = select(tasks.c.requirements, tasks.c.shape).where(text(READY_SQL)).distinct()
-_LIVE = select(workers.c.labels, workers.c.pool, workers.c.capacity).where(
-    workers.c.state == W.ALIVE, workers.c.expires >= bindparam("b_now")
-)
-
-
-@dataclass(frozen=True)
-class LiveWorker:
-    labels: frozenset[str]
-    host: str  # its capacity pool
-    capacity: Capacity | None  # None: registered without one (takes default shapes only)
-
-
-def live_workers(conn: Connection, now: float) -> list[tuple[LiveWorker, int]]:
-    """Each distinct live worker kind, with how many live workers share its host."""
-    rows = [
-        LiveWorker(labels_of(r.labels), r.pool or "", Capacity.from_json(r.capacity))
-        for r in conn.execute(_LIVE, {"b_now": now})
-    ]
-    per_host = Counter(w.host for w in rows)
-    return [(w, per_host[w.host]) for w in set(rows)]
-
-
-def why_not(key: str, shape: str, live: Sequence[tuple[LiveWorker, int]]) -> str | None:
-    """Why no live worker can ever take a task of requirement ``key`` and ``shape``
-    (None: one can)."""
-    needs = labels_of(key)
-    labelled = [(w, n) for w, n in live if needs <= w.labels]
-    if not labelled:
-        return f"requires label(s) {', '.join(sorted(needs))}" if needs else "no live worker"
-    if shape == "":
-        return None
-    caps = [(w.capacity, n) for w, n in labelled if w.capacity is not None]
-    if not caps:
-        return f"needs {demand_of(shape).describe()}, and no live worker counts resources"
-    return never_fits(demand_of(shape), caps)
-
-
-def _unfinished(conn: Connection, allowed: Sequence[str], now: float, room: Room) -> bool:
-    """Is there work this worker must wait for? A task running somewhere, or one it may
-    take that waits for others, as long as someone can make progress: with nothing
-    running, only a ready task that this worker or another live one may take (by its
-    labels and its host's capacity) makes waiting worth it. Else the tasks left can never
-    start (they need labels or resources no live worker has, or wait for such tasks):
-    nothing is left, say so."""
-    if conn.execute(_RUNNING_ANY).first() is not None:
-        return True
-    todo = {"b_keys": list(allowed), "b_shapes": list(room.shapes)}
-    if conn.execute(_TODO_ANY, todo).first() is None:
-        return False
-    keys = {tuple(r) for r in conn.execute(_READY_KEYS)}
-    if any(k in allowed and s in room.shapes for k, s in keys):
-        return True  # ready for this worker: another one was just faster to claim it
-    live = live_workers(conn, now)
-    return any(why_not(key, shape, live) is None for key, shape in keys)
-
-
 def _insert_ignoring(conn: Connection, table: Any) -> Any:
     """INSERT that does nothing where the row exists (two workers of a host at once)."""
     if conn.dialect.name == "postgresql":
@@ -195,7 +94,7 @@ def _insert_ignoring(conn: Connection, table: Any) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
-class Store(Database):
+class Store:
     """A handle on one scheduler database. Cheap to create; connects on first use.
 
     ``lock`` (SQLite: auto | wal | flufl) is how the file is locked, see
@@ -210,8 +109,41 @@ class Store(Database):
         clock: Callable[[], float] = time.time,
         lock: str = "auto",
     ) -> None:
-        super().__init__(url, engine=engine, lock=lock)
+        #: The connections, transactions and schema checks.
+        self.db = Database(url, engine=engine, lock=lock)
         self.clock = clock
+
+    # -- the database it holds (for callers that run their own statements) -------------
+
+    @property
+    def url(self) -> str:
+        return self.db.url
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    @property
+    def sqlite_lock(self) -> str | None:
+        """``wal`` or ``flufl`` for SQLite (None: PostgreSQL)."""
+        return self.db.sqlite_lock
+
+    @property
+    def listeners(self) -> list[Callable[[Transition], None]]:
+        """Called with each :class:`Transition` this process makes, after its commit."""
+        return self.db.listeners
+
+    def write(self, *, exclusive: bool = False) -> AbstractContextManager[Connection]:
+        return self.db.write(exclusive=exclusive)
+
+    def read(self) -> AbstractContextManager[Connection]:
+        return self.db.read()
+
+    def refresh_lock(self) -> None:
+        self.db.refresh_lock()
+
+    def dispose(self) -> None:
+        self.db.dispose()
 
     def _now(self, now: float | None) -> Now:
         """An explicit time (tests), else the clock, read when the row is written."""
@@ -335,25 +267,9 @@ class Store(Database):
         with self.read() as conn:  # cheap and indexed: most calls find nothing
             if conn.execute(expired.limit(1)).first() is None:
                 return []
-        killed: list[str] = []
         with self.write(exclusive=True) as conn:
-            for gone in conn.execute(expired).scalars().all():
-                conn.execute(update(workers).where(workers.c.id == gone).values(state=W.DEAD))
-                held = select(assignments.c.task).where(assignments.c.worker == gone)
-                for task_id in conn.execute(held).scalars().all():
-                    reason = f"worker {gone} stopped sending heartbeats"
-                    if txn.end_attempt(
-                        conn,
-                        task_id,
-                        gone,
-                        S.KILLED,
-                        now=self._now(now),
-                        reason=reason,
-                        worker=reaper,
-                        budget=max_killed_retries,
-                    ):
-                        killed.append(task_id)
-        return killed
+            return transitions.reap(conn, expired, now=self._now(now), reaper=reaper,
+                                    max_killed_retries=max_killed_retries)  # fmt: skip
 
     # -- the graph and its tasks ---------------------------------------------------------
 
@@ -371,16 +287,15 @@ class Store(Database):
         ``limits``: how many tasks of each group may run at once. True if anything changed.
         """
         digest = graph_hash(specs, limits)
-        stored = select(meta.c.value).where(meta.c.key == "graph_hash")
         with self.read() as conn:  # the usual case, and no lock: every worker has it right
-            if conn.execute(stored).scalar() == digest:
+            if graphsync.stored_digest(conn) == digest:
                 return False
         with self.write(exclusive=True) as conn:
-            if conn.execute(stored).scalar() == digest:
+            if graphsync.stored_digest(conn) == digest:
                 return False
-            changed = txn.sync_graph(conn, specs, now=self._now(now), worker=worker, limits=limits)
-            conn.execute(delete(meta).where(meta.c.key == "graph_hash"))
-            conn.execute(insert(meta).values(key="graph_hash", value=digest))
+            changed = graphsync.sync_graph(conn, specs, now=self._now(now), worker=worker,
+                                           limits=limits)  # fmt: skip
+            graphsync.record_digest(conn, digest)
             return changed
 
     def claim(
@@ -393,16 +308,16 @@ class Store(Database):
         room: Room | None = None,
     ) -> Claimed | None:
         """Take the ready task of highest priority (FIFO among equals) that fits ``room``
-        (the host's free capacity, see :class:`~.txn.Room`), or None.
+        (the host's free capacity, see :class:`~.claims.Room`), or None.
 
         A read comes first, so idle workers polling an empty queue take no write lock.
         """
         room = room or Room()
         with self.read() as conn:
-            if not _any_ready(conn, allowed, join, room):
+            if not claims.any_ready(conn, allowed, join, room):
                 return None
         with self.write() as conn:
-            return txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+            return claims.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
                              room=room)  # fmt: skip
 
     def poll(
@@ -419,10 +334,10 @@ class Store(Database):
         one short read transaction."""
         room = room or Room()
         with self.read() as conn:
-            if not _any_ready(conn, allowed, join, room):
-                return _unfinished(conn, allowed, at(self._now(now)), room)
+            if not claims.any_ready(conn, allowed, join, room):
+                return claims.unfinished(conn, allowed, at(self._now(now)), room)
         with self.write() as conn:
-            claimed = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+            claimed = claims.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
                                 room=room)  # fmt: skip
         return True if claimed is None else claimed  # None: another worker was faster
 
@@ -439,7 +354,7 @@ class Store(Database):
         """Record that ``worker`` finished ``task_id`` (``ran=False``: early cutoff).
         False if its claim had been lost."""
         with self.write() as conn:
-            return txn.complete(
+            return transitions.complete(
                 conn,
                 task_id,
                 worker,
@@ -464,7 +379,7 @@ class Store(Database):
     ) -> tuple[bool, Claimed | None]:
         """:meth:`complete` then :meth:`claim` in one transaction: one commit per task."""
         with self.write() as conn:
-            kept = txn.complete(
+            kept = transitions.complete(
                 conn,
                 task_id,
                 worker,
@@ -473,7 +388,7 @@ class Store(Database):
                 ran=ran,
                 reason=reason,
             )
-            nxt = txn.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
+            nxt = claims.claim(conn, worker, allowed=allowed, now=self._now(now), join=join,
                             room=room)  # fmt: skip
             return kept, nxt
 
@@ -490,9 +405,9 @@ class Store(Database):
         ignore: bool = False,
     ) -> bool:
         """Record that ``worker`` failed ``task_id``; it is retried while within ``budget``.
-        ``ignore``: once out of retries it counts as done (see :func:`txn.end_attempt`)."""
+        ``ignore``: once out of retries it counts as done (see :func:`.transitions.end_attempt`)."""
         with self.write() as conn:
-            return txn.end_attempt(
+            return transitions.end_attempt(
                 conn,
                 task_id,
                 worker,
@@ -512,7 +427,7 @@ class Store(Database):
         """``worker`` gives ``task_id`` up unfinished (it is being stopped): killed, and
         pending again within ``budget`` killed retries."""
         with self.write() as conn:
-            return txn.end_attempt(conn, task_id, worker, S.KILLED, now=self._now(now),
+            return transitions.end_attempt(conn, task_id, worker, S.KILLED, now=self._now(now),
                              reason=reason, worker=worker, budget=budget)  # fmt: skip
 
     def completed_fingerprints(self) -> dict[str, str | None]:
@@ -549,45 +464,10 @@ class Store(Database):
         with the last fingerprint it read; waiting, for an adoption; completed without a
         fingerprint, for a baseline), so two workers syncing at once agree.
         """
-        done = Applied()
         if not decision:
-            return done
-        stamp = self._now(now)
+            return Applied()
         with self.write(exclusive=True) as conn:
-            for task_id, (seen, current, reason) in sorted(decision.invalidate.items()):
-                row = conn.execute(
-                    select(tasks.c.state, tasks.c.last_fingerprint).where(tasks.c.id == task_id)
-                ).first()
-                if row is None or row.state != S.COMPLETED or row.last_fingerprint != seen:
-                    continue
-                forget = {"last_fingerprint": None, "built_at": None} if decision.forget else None
-                txn.transition(conn, task_id, S.COMPLETED, S.INVALIDATED, now=stamp,
-                               worker=worker, reason=reason, fingerprint=current,
-                               values=forget)  # fmt: skip
-                done.invalidated.append(task_id)
-            for root in list(done.invalidated):
-                done.invalidated += txn.cascade(
-                    conn, root, S.INVALIDATED, now=stamp, worker=worker,
-                    reason=f"upstream {root} invalidated", only=[S.COMPLETED],
-                )  # fmt: skip
-            for task_id, (fingerprint, reason) in sorted(decision.adopt.items()):
-                state = conn.execute(select(tasks.c.state).where(tasks.c.id == task_id)).scalar()
-                if state not in CLAIMABLE:
-                    continue
-                txn.transition(conn, task_id, S(state), S.COMPLETED, now=stamp, worker=worker,
-                               reason=reason, fingerprint=fingerprint,
-                               values=dict(fingerprint=fingerprint, last_fingerprint=fingerprint),
-                               stamp=txn.built(ran=False))  # fmt: skip
-                done.adopted.append(task_id)
-            if decision.baselines:
-                conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == bindparam("tid"), tasks.c.state == S.COMPLETED.value,
-                           tasks.c.last_fingerprint.is_(None))
-                    .values(last_fingerprint=bindparam("fp")),
-                    [{"tid": k, "fp": v} for k, v in sorted(decision.baselines.items())],
-                )  # fmt: skip
-        return done
+            return transitions.apply_decision(conn, decision, now=self._now(now), worker=worker)
 
     def force(
         self,
@@ -618,36 +498,9 @@ class Store(Database):
         """Put failed/killed tasks (all, or those named) back to pending with fresh retry
         budgets, and the upstream_failed tasks they held back unless another failure still
         does. Returns the ids that became pending."""
-        q = select(tasks.c.id, tasks.c.state).where(text(FAILED_SQL)).order_by(tasks.c.seq)
-        if task_ids is not None:
-            q = q.where(tasks.c.id.in_(list(task_ids)))
-        done: list[str] = []
         with self.write(exclusive=True) as conn:
-            for row in conn.execute(q).all():
-                txn.transition(
-                    conn,
-                    row.id,
-                    S(row.state),
-                    S.PENDING,
-                    now=self._now(now),
-                    worker=worker,
-                    reason=reason,
-                    values=dict(failed_count=0, killed_count=0),
-                )
-                done.append(row.id)
-                for task_id, state in txn.downstream(conn, row.id):
-                    if state == S.UPSTREAM_FAILED and not txn.held_back(conn, task_id):
-                        txn.transition(
-                            conn,
-                            task_id,
-                            S.UPSTREAM_FAILED,
-                            S.PENDING,
-                            now=self._now(now),
-                            worker=worker,
-                            reason=f"{reason} (upstream {row.id})",
-                        )
-                        done.append(task_id)
-        return done
+            return transitions.reset(conn, task_ids, now=self._now(now), worker=worker,
+                                     reason=reason)  # fmt: skip
 
     # -- questions -----------------------------------------------------------------------
 
@@ -656,12 +509,12 @@ class Store(Database):
     ) -> bool:
         """Is a task running, or waiting to run and claimable with these requirement keys
         and shapes, with a live worker able to start what it waits for (see
-        :func:`_unfinished`)?
+        :func:`.claims.unfinished`)?
 
         Index seeks (partial indexes), whatever the number of tasks.
         """
         with self.read() as conn:
-            return _unfinished(conn, allowed, at(self._now(now)), room or Room())
+            return claims.unfinished(conn, allowed, at(self._now(now)), room or Room())
 
     def stuck(self, limit: int = 20) -> list[tuple[str, str]]:
         """Tasks left to run, ``(id, requirement key)``, in graph order (for saying which

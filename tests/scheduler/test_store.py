@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from lauf_dvc import IllegalTransition, SchemaVersionError, Store, TaskState
-from lauf_dvc.scheduler import txn
+from lauf_dvc.scheduler import claims, transitions
 from lauf_dvc.scheduler.schema import SCHEMA_VERSION
 from lauf_dvc.scheduler.store import TaskSpec
 
@@ -103,12 +103,12 @@ def test_requirements_restrict_claims(db_url):
 def test_illegal_transitions_raise(db_url):
     store = make(db_url, diamond())
     with pytest.raises(IllegalTransition, match="not allowed"), store.write() as conn:
-        txn.transition(conn, "a", S.PENDING, S.FAILED, now=NOW, worker=None, reason=None)
+        transitions.transition(conn, "a", S.PENDING, S.FAILED, now=NOW, worker=None, reason=None)
     with pytest.raises(IllegalTransition, match="not allowed"), store.write() as conn:
-        txn.transition(conn, "a", S.COMPLETED, S.RUNNING, now=NOW, worker=None, reason=None)
+        transitions.transition(conn, "a", S.COMPLETED, S.RUNNING, now=NOW, worker=None, reason=None)
     # Allowed by the table, but the task is not in the expected state: a lost race.
     with pytest.raises(IllegalTransition, match="expected it to be running"), store.write() as c:
-        txn.transition(c, "a", S.RUNNING, S.COMPLETED, now=NOW, worker=None, reason=None)
+        transitions.transition(c, "a", S.RUNNING, S.COMPLETED, now=NOW, worker=None, reason=None)
     assert states(store)["a"] == S.PENDING
     assert [e.state for e in store.history("a")] == [S.PENDING]  # nothing half-written
 
@@ -254,7 +254,7 @@ def test_foreign_tables_are_refused(tmp_path):
 
 def test_claim_is_an_index_seek(sqlite_url):
     store = make(sqlite_url, [TaskSpec(f"t{i}") for i in range(50)])
-    ((query, params),) = txn.candidates([""], join=False)
+    ((query, params),) = claims.candidates([""], join=False)
     compiled = query.params(params).compile(store.engine, compile_kwargs={"literal_binds": True})
     with store.read() as conn:
         plan = " ".join(r[3] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
@@ -272,7 +272,9 @@ def test_listeners_see_every_committed_transition_and_no_rolled_back_one(db_url)
     assert seen[2:] == [("a", S.PENDING, S.RUNNING), ("a", S.RUNNING, S.COMPLETED)]
     del seen[:]
     with pytest.raises(RuntimeError), store.write() as conn:
-        txn.transition(conn, "b", S.PENDING, S.UPSTREAM_FAILED, now=NOW, worker="w1", reason="x")
+        transitions.transition(
+            conn, "b", S.PENDING, S.UPSTREAM_FAILED, now=NOW, worker="w1", reason="x"
+        )
         raise RuntimeError("rolled back")
     assert seen == []  # rolled back: never reported
     assert states(store)["b"] == S.PENDING

@@ -2,20 +2,21 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+NEWEST := tests/constraints/dvc-newest.txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(NEWEST) plugins/*/pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 DVC_VENV := .venv-dvc
-DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DVC_STAMP := $(DVC_VENV)/.installed-$(shell cat pyproject.toml $(NEWEST) | cksum | cut -d' ' -f1)
 
 .PHONY: venv test test-dvc test-dvc-low test-cluster test-browser demo bench lint clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NEWEST)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -c $(NEWEST) -e '.[test,bench]'
 	@if ls plugins/*/pyproject.toml >/dev/null 2>&1; then \
 	  for p in plugins/*/; do $(BIN)/python -m pip install --quiet -e "$$p"; done; fi
 	rm -f $(VENV)/.installed-*
@@ -24,22 +25,24 @@ $(STAMP): pyproject.toml
 test: venv
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
-# DVC's own repro tests (from the sdist of the DVC installed), plain and through lauf.
+# DVC's own repro tests (from the sdist of the DVC installed), plain and through lauf,
+# on the newest DVC (tests/constraints/dvc-newest.txt; `make test-dvc-low`: the lowest).
 test-dvc: $(DVC_STAMP)
 	$(DVC_VENV)/bin/python tests/dvc_suite/run.py
 
-$(DVC_STAMP): pyproject.toml
+$(DVC_STAMP): pyproject.toml $(NEWEST)
 	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
 	$(DVC_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DVC_VENV)/bin/python -m pip install --quiet -e . 'dvc[tests]'
+	$(DVC_VENV)/bin/python -m pip install --quiet -c $(NEWEST) -e . 'dvc[tests]'
 	rm -f $(DVC_VENV)/.installed-*
 	touch $@
 
-# The DVC-facing tests (equivalence with dvc repro, status agreement, errors, the API)
-# on the lowest DVC pyproject.toml allows (tests/constraints/dvc-lowest.txt); `make test`
-# runs everything on the newest DVC pip finds.
+# The DVC-facing tests (equivalence with dvc repro, status agreement, crashes, the seam,
+# the API) and DVC's own repro tests through lauf, on the lowest DVC pyproject.toml
+# allows (tests/constraints/dvc-lowest.txt); `make test` and `make test-dvc` run on the
+# newest (tests/constraints/dvc-newest.txt).
 LOW_VENV := .venv-dvc-low
-LOW_STAMP := $(LOW_VENV)/.installed-$(shell cat pyproject.toml tests/constraints/dvc-lowest.txt | cksum | cut -d' ' -f1)
+LOW_STAMP := $(LOW_VENV)/.installed-$(shell cat pyproject.toml tests/constraints/dvc-lowest.txt Makefile | cksum | cut -d' ' -f1)
 LOW_TESTS := tests/dvc/test_dropin.py tests/dvc/test_fingerprint_sync.py tests/dvc/test_pipeline.py \
 	tests/dvc/test_lockfile.py tests/dvc/test_runner.py tests/dvc/test_api.py \
 	tests/dvc/test_compat.py tests/dvc/test_one_engine.py tests/dvc/test_fingerprinters.py \
@@ -48,11 +51,12 @@ LOW_TESTS := tests/dvc/test_dropin.py tests/dvc/test_fingerprint_sync.py tests/d
 test-dvc-low: $(LOW_STAMP)
 	$(LOW_VENV)/bin/python -c "import dvc; print('DVC', dvc.__version__)"
 	$(LOW_VENV)/bin/python -m pytest -n 2 $(LOW_TESTS) $(PYTEST_ARGS)
+	$(LOW_VENV)/bin/python tests/dvc_suite/run.py
 
-$(LOW_STAMP): pyproject.toml tests/constraints/dvc-lowest.txt
+$(LOW_STAMP): pyproject.toml tests/constraints/dvc-lowest.txt Makefile
 	test -x $(LOW_VENV)/bin/python || $(PYTHON) -m venv $(LOW_VENV)
 	$(LOW_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOW_VENV)/bin/python -m pip install --quiet -c tests/constraints/dvc-lowest.txt -e '.[test]'
+	$(LOW_VENV)/bin/python -m pip install --quiet -c tests/constraints/dvc-lowest.txt -e '.[test]' 'dvc[tests]'
 	@for p in plugins/*/; do $(LOW_VENV)/bin/python -m pip install --quiet -e "$$p"; done
 	rm -f $(LOW_VENV)/.installed-*
 	touch $@

@@ -337,6 +337,9 @@ def soak_pipeline(count: int = 200, files: int = 10) -> tuple[dict[str, str], di
     return tree, outs
 
 
+MAX_SOAK_KILLS = 40
+
+
 @pytest.mark.timeout(600)
 def test_soak_random_workers_killed_and_restarted(dvc_repo, dvctools, capsys, tmp_path):
     files, outs = soak_pipeline(count=120)
@@ -364,7 +367,10 @@ def test_soak_random_workers_killed_and_restarted(dvc_repo, dvctools, capsys, tm
         assert time.monotonic() < deadline, "the soak run did not finish"
         time.sleep(rng.uniform(1.0, 3.0))
         running = [w for w in workers if w.poll() is None]
-        if running:
+        # A bounded number of kills: kills come at a wall-clock rate, and on a loaded
+        # machine (a worker's start-up alone taking seconds) an unbounded rate would
+        # outpace the progress any correct scheduler can make.
+        if running and kills < MAX_SOAK_KILLS:
             victim = rng.choice(running)  # killed, or terminated as scancel does first
             victim.send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
             victim.wait()

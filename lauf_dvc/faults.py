@@ -15,7 +15,7 @@ meets them (see :mod:`lauf_dvc.dvc.runner`):
 ``before-commit``   the command succeeded, DVC's repository lock taken, nothing saved
 ``during-save``     the first output committed to the cache, the others not, no dvc.lock
 ``during-dump``     part of the new dvc.lock written (to a temporary file: see
-                    :mod:`lauf_dvc.dvc.atomic`), not yet in place
+                    :mod:`lauf_dvc.dvc.commit.atomic`), not yet in place
 ``after-dump``      the dvc.lock entry in place, the task not yet completed in the database
 
 and, not at a stage, ``worker-crash``: a worker has registered and claimed nothing; it

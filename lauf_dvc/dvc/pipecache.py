@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import compat, speedups
-from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc.commit.atomic import write_json
 
 if TYPE_CHECKING:
     from dvc.repo import Repo

@@ -30,7 +30,7 @@ working directory is the repository root (see :func:`lauf_dvc.dvc.pipeline.locke
 
 A worker may be killed at any instant and nothing is lost: DVC's commit never marks a
 stage done until its outputs are in the cache, ``dvc.lock`` is replaced atomically
-(:mod:`lauf_dvc.dvc.atomic`), DVC's locks die with their holder, and before a stage runs
+(:mod:`lauf_dvc.dvc.commit.atomic`), DVC's locks die with their holder, and before a stage runs
 again whatever a dead worker's run of it left running is killed
 (:mod:`lauf_dvc.dvc.command`). A stage interrupted before its entry was written is
 simply changed for DVC and runs again; one interrupted after it is found up to date.
@@ -52,8 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lauf_dvc.dvc import atomic, compat, lockfile, repolock
+from lauf_dvc.dvc import compat, repolock
 from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
+from lauf_dvc.dvc.commit import atomic, lockfile
 from lauf_dvc.dvc.pipeline import (
     address_of,
     command_lines,
@@ -452,7 +453,7 @@ def _command_environ(env: Mapping[str, str]) -> Iterator[None]:
 
 def _dump_dvc_file(repo: Repo, stage: Stage) -> None:
     """``stage.dump()`` of a ``.dvc`` file, written through ``repo.fs`` (so atomically:
-    :mod:`lauf_dvc.dvc.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
+    :mod:`lauf_dvc.dvc.commit.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
     without a filesystem, i.e. with ``open``; it is given ``repo.fs`` for this call
     (dvc/dvcfile.py, since DVC 2.0; without it the file would be written in place)."""
     import dvc.dvcfile
@@ -570,9 +571,9 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
     """Under the repository lock: the outputs' ``.gitignore`` entries (if ``_save`` ran
     with them deferred) and the stage's ``dvc.lock`` entry.
 
-    The entry is written by :func:`lauf_dvc.dvc.lockfile.dump_entry` (DVC's bytes, in time
+    The entry is written by :func:`lauf_dvc.dvc.commit.lockfile.dump_entry` (DVC's bytes, in time
     independent of the file's size) or, where that does not apply, by DVC. Either way it
-    replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.atomic`), so a worker killed
+    replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.commit.atomic`), so a worker killed
     anywhere in here leaves the stage without an entry (or with its old one) and its
     outputs changed: DVC sees it as changed and it runs again.
     """
@@ -584,7 +585,7 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
 
 def _dump(job: _Job, stage: Stage, write: Any) -> None:
     """Write the stage's entry (``write()``), atomically, checking it went through
-    :mod:`lauf_dvc.dvc.atomic`."""
+    :mod:`lauf_dvc.dvc.commit.atomic`."""
     assert job.atomic is not None  # the fast path
     job.atomic.stage, before = job.address, job.atomic.replaced
     try:

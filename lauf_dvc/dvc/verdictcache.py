@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import compat
-from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc.commit.atomic import write_json
 from lauf_dvc.dvc.pipecache import RACY, file_stat, versions
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _recompute(keys: Keys, address: str) -> Any:
 
 
 def _entries(lock: Path) -> dict[str, str] | None:
-    from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+    from lauf_dvc.dvc.commit.lockfile import entry_blocks, parse_entry
 
     try:
         text = lock.read_text(encoding="utf-8")

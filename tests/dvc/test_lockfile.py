@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lauf_dvc.dvc import lockfile
+from lauf_dvc.dvc.commit import lockfile
 
 # names and strings that make YAML quote, wrap, escape or fold
 AWKWARD = [

@@ -23,7 +23,7 @@ from typing import Any
 from lauf_dvc import termination
 from lauf_dvc.config import spawn_workers
 from lauf_dvc.dvc.command import kill_commands_of
-from lauf_dvc.dvc.plan import StageOptions
+from lauf_dvc.dvc.load.plan import StageOptions
 from lauf_dvc.dvc.project import Project, SyncReport, reconcile
 from lauf_dvc.dvc.runner import pull_run_cache
 from lauf_dvc.dvc.work import RESTORED

@@ -18,7 +18,7 @@ exactly as ``dvc repro`` does it (:func:`_reproduce_whole`).
 
 Every option of ``dvc repro`` that changes how a stage is reproduced (``--force``,
 ``--pull``, ``--allow-missing``, ``--no-commit``, ``--no-run-cache``) arrives as
-:class:`~lauf_dvc.dvc.plan.StageOptions` and takes the branch ``Stage.reproduce``,
+:class:`~lauf_dvc.dvc.load.plan.StageOptions` and takes the branch ``Stage.reproduce``,
 ``Stage.run`` and ``run_stage`` take for it.
 
 Like ``dvc repro``, the stage holds DVC's read/write path locks (``.dvc/tmp/rwlock``) on
@@ -26,7 +26,7 @@ its dependencies and outputs from phase 1 to phase 3, so a ``dvc`` command start
 hand cannot touch them meanwhile.
 
 A process runs one stage at a time, and while DVC works (phases 1 and 3) the process's
-working directory is the repository root (see :func:`lauf_dvc.dvc.pipeline.locked`).
+working directory is the repository root (see :func:`lauf_dvc.dvc.load.pipeline.locked`).
 
 A worker may be killed at any instant and nothing is lost: DVC's commit never marks a
 stage done until its outputs are in the cache, ``dvc.lock`` is replaced atomically
@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from lauf_dvc.dvc import compat, repolock
 from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.commit import atomic, lockfile
-from lauf_dvc.dvc.pipeline import (
+from lauf_dvc.dvc.load.pipeline import (
     address_of,
     command_lines,
     dvc_errors,
@@ -64,7 +64,7 @@ from lauf_dvc.dvc.pipeline import (
     resolve_target,
     reword,
 )
-from lauf_dvc.dvc.plan import StageOptions, upstream_of
+from lauf_dvc.dvc.load.plan import StageOptions, upstream_of
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.faults import after_call, fault
 
@@ -210,7 +210,7 @@ def collect_stage(repo: Repo, address: str) -> Stage:
     """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
     stage or a ``.dvc`` file.
 
-    The address is split as :func:`~lauf_dvc.dvc.pipeline.address_of` built it, not
+    The address is split as :func:`~lauf_dvc.dvc.load.pipeline.address_of` built it, not
     parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
     name (``a:b`` means stage ``b`` of a file ``a``)."""
     from dvc.exceptions import DvcException

@@ -1,4 +1,4 @@
-"""The pipeline snapshot (lauf_dvc.dvc.pipecache): used when nothing changed, never after
+"""The pipeline snapshot (lauf_dvc.dvc.load.pipecache): used when nothing changed, never after
 a change DVC would see, on real repositories."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lauf_dvc.dvc import pipecache
+from lauf_dvc.dvc.load import pipecache
 from lauf_dvc.dvc.project import LAUF_DIR, open_project
 
 FILES = {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lauf_dvc.dvc.pipeline import load_pipeline
+from lauf_dvc.dvc.load.pipeline import load_pipeline
 from lauf_dvc.dvc.runner import StageResult, log_file, run_stage
 from lauf_dvc.errors import PipelineError
 

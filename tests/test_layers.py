@@ -92,5 +92,5 @@ def test_no_import_cycles() -> None:
 def test_the_checker_sees_function_level_imports() -> None:
     """The graph is not only module-level imports: it would miss cycles hidden in them."""
     assert "lauf_dvc.dvc.load.pipeline" in imports(
-        MODULES["lauf_dvc.dvc.fingerprinter"], typing_only=False
+        MODULES["lauf_dvc.dvc.status.fingerprinter"], typing_only=False
     )

@@ -14,7 +14,7 @@ fails, lauf says so in one warning line and does without:
   lock (DVC itself releases the lock around the command, so stages still run in
   parallel; the command's output goes to the worker's output, not to the stage's log);
 - ``cache`` items: the pipeline snapshot and the stored verdicts
-  (:mod:`~lauf_dvc.dvc.load.pipecache`, :mod:`~lauf_dvc.dvc.verdictcache`) are off: every
+  (:mod:`~lauf_dvc.dvc.load.pipecache`, :mod:`~lauf_dvc.dvc.status.verdictcache`) are off: every
   run loads the pipeline and asks DVC afresh (slower, never a stale answer);
 - ``speed`` items: that one speed-up is off (DVC's own code runs; same results).
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
-from lauf_dvc.dvc import status
 from lauf_dvc.dvc.load.pipeline import StageInfo, dvc_errors, reword
 from lauf_dvc.dvc.load.plan import Selection
-from lauf_dvc.dvc.verdictcache import StageVerdict
+from lauf_dvc.dvc.status import status
+from lauf_dvc.dvc.status.verdictcache import StageVerdict
 from lauf_dvc.errors import ConfigError, PipelineError
 from lauf_dvc.fingerprint.model import reasons
 from lauf_dvc.scheduler import staleness
@@ -191,9 +191,9 @@ def open_project(
     ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
     ``status``, ``repro --dry``; a sync that writes must read states first).
     """
-    from lauf_dvc.dvc import verdictcache
     from lauf_dvc.dvc.load import pipecache
     from lauf_dvc.dvc.load.pipeline import load_locked, locked, open_repo, plan_locked
+    from lauf_dvc.dvc.status import verdictcache
 
     root = find_root(start)
     lauf_dir = root / LAUF_DIR

@@ -39,10 +39,10 @@ class DvcFingerprinter:
     def observe(self, stages: Sequence[StageInfo], ctx: FingerprintContext) -> dict[str, Observed]:
         """What DVC finds of ``stages`` (``dvc status``, in one pass over DVC's index):
         their record is their ``dvc.lock`` entry, and their fingerprint now equals it
-        exactly when DVC finds nothing changed (see :data:`lauf_dvc.dvc.status.RECORDED`:
+        exactly when DVC finds nothing changed (see :data:`lauf_dvc.dvc.status.status.RECORDED`:
         hashes through DVC's state database, parameter values, the command, whether each
         output is in the cache)."""
-        from lauf_dvc.dvc import status
+        from lauf_dvc.dvc.status import status
 
         verdicts = dict(ctx.cache.get(status.PREFETCHED) or {})
         if ask := {s.address for s in stages} - set(verdicts):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.verdictcache import StageVerdict
+from lauf_dvc.dvc.status.verdictcache import StageVerdict
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.staleness import Observed
 

@@ -8,7 +8,7 @@ processes (a marker file named after the item, created with ``O_EXCL``, holds th
 that died), so the worker that retries the stage runs through.
 
 Unset, :func:`fault` costs one environment lookup. The points, in the order a stage
-meets them (see :mod:`lauf_dvc.dvc.runner`):
+meets them (see :mod:`lauf_dvc.dvc.run.runner`):
 
 ``before-command``  path locks held, outputs removed, the command not started
 ``during-command``  the command has written its first output and is still running

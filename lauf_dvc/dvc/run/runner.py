@@ -32,7 +32,7 @@ A worker may be killed at any instant and nothing is lost: DVC's commit never ma
 stage done until its outputs are in the cache, ``dvc.lock`` is replaced atomically
 (:mod:`lauf_dvc.dvc.commit.atomic`), DVC's locks die with their holder, and before a stage runs
 again whatever a dead worker's run of it left running is killed
-(:mod:`lauf_dvc.dvc.command`). A stage interrupted before its entry was written is
+(:mod:`lauf_dvc.dvc.run.command`). A stage interrupted before its entry was written is
 simply changed for DVC and runs again; one interrupted after it is found up to date.
 The instants in between are the fault-injection points of :mod:`lauf_dvc.faults`.
 """
@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from lauf_dvc.dvc import compat, repolock
-from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
 from lauf_dvc.dvc.commit import atomic, lockfile
 from lauf_dvc.dvc.load.pipeline import (
     address_of,
@@ -65,6 +64,7 @@ from lauf_dvc.dvc.load.pipeline import (
     reword,
 )
 from lauf_dvc.dvc.load.plan import StageOptions, upstream_of
+from lauf_dvc.dvc.run.command import Output, kill_leftovers, run_command
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.faults import after_call, fault
 
@@ -613,7 +613,7 @@ def _no_ignore() -> None:
 
 
 def _records(repo: Repo) -> Path:
-    """Where running commands are recorded (see :mod:`lauf_dvc.dvc.command`)."""
+    """Where running commands are recorded (see :mod:`lauf_dvc.dvc.run.command`)."""
     return Path(repo.tmp_dir) / "lauf" / "commands"
 
 

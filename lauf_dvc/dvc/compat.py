@@ -22,8 +22,8 @@ fails, lauf says so in one warning line and does without:
 tests/dvc/test_compat.py asserts that on the DVC versions CI runs (the lowest that
 ``pyproject.toml`` allows and the newest) every probe succeeds.
 
-The speed-ups themselves live beside the caches they serve (:mod:`.speedups`,
-:mod:`.atomic`, :mod:`.pipecache`, :mod:`.repolock`); each asks :func:`enabled` before
+The speed-ups themselves live beside the caches they serve (:mod:`.load.speedups`,
+:mod:`.commit.atomic`, :mod:`.load.pipecache`, :mod:`.repolock`); each asks :func:`enabled` before
 it patches anything, and the names it touches are the ones probed here.
 """
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc import termination
-from lauf_dvc.dvc.plan import ON_ERROR, Selection
+from lauf_dvc.dvc.load.plan import ON_ERROR, Selection
 from lauf_dvc.errors import ExitCode, LaufError, PipelineError
 from lauf_dvc.termination import Terminated
 
@@ -248,8 +248,8 @@ def _warn(lines: Sequence[str]) -> None:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    from lauf_dvc.dvc.pipeline import missing_inputs
-    from lauf_dvc.dvc.plan import from_flags
+    from lauf_dvc.dvc.load.pipeline import missing_inputs
+    from lauf_dvc.dvc.load.plan import from_flags
     from lauf_dvc.dvc.project import open_project, reconcile
     from lauf_dvc.dvc.repro import repro
     from lauf_dvc.progress import ProgressView, print_dry_run, print_summary, requires_text
@@ -296,8 +296,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from lauf_dvc.config import parse_non_negative_float, resolve
-    from lauf_dvc.dvc.pipeline import missing_inputs
-    from lauf_dvc.dvc.plan import from_flags
+    from lauf_dvc.dvc.load.pipeline import missing_inputs
+    from lauf_dvc.dvc.load.plan import from_flags
     from lauf_dvc.dvc.project import open_project
     from lauf_dvc.dvc.work import run_worker
     from lauf_dvc.progress import print_worker_event
@@ -385,7 +385,7 @@ def _settings_only(args: argparse.Namespace) -> Project:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from lauf_dvc.dvc.pipeline import LIST_HINT
+    from lauf_dvc.dvc.load.pipeline import LIST_HINT
     from lauf_dvc.dvc.project import open_project
     from lauf_dvc.progress import print_history
 

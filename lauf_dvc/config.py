@@ -425,7 +425,7 @@ class ProjectSettings:
         stages' fingerprinters). The worker's own start-up check and claim-time cutoff
         stay off: they would judge a DVC stage by task fingerprints it has none of; its
         claim-time check is DVC's ``Stage.changed()``, made in the same hold of DVC's lock
-        that removes its outputs (lauf_dvc.dvc.runner)."""
+        that removes its outputs (lauf_dvc.dvc.run.runner)."""
         return SchedulerSettings(
             enable_fingerprints=override.get("enable_fingerprints", False),
             failure_policy=override.get("failure_policy", self.failure_policy),

@@ -8,14 +8,14 @@ processes (a marker file named after the item, created with ``O_EXCL``, holds th
 that died), so the worker that retries the stage runs through.
 
 Unset, :func:`fault` costs one environment lookup. The points, in the order a stage
-meets them (see :mod:`lauf_dvc.dvc.runner`):
+meets them (see :mod:`lauf_dvc.dvc.run.runner`):
 
 ``before-command``  path locks held, outputs removed, the command not started
 ``during-command``  the command has written its first output and is still running
 ``before-commit``   the command succeeded, DVC's repository lock taken, nothing saved
 ``during-save``     the first output committed to the cache, the others not, no dvc.lock
 ``during-dump``     part of the new dvc.lock written (to a temporary file: see
-                    :mod:`lauf_dvc.dvc.atomic`), not yet in place
+                    :mod:`lauf_dvc.dvc.commit.atomic`), not yet in place
 ``after-dump``      the dvc.lock entry in place, the task not yet completed in the database
 
 and, not at a stage, ``worker-crash``: a worker has registered and claimed nothing; it

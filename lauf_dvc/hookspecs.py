@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint import Fingerprinter
 
 PROJECT = "lauf_dvc"

@@ -24,7 +24,7 @@ from lauf_dvc import hookspecs
 from lauf_dvc.errors import ConfigError, LaufError, PluginError
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint import Fingerprint, FingerprintContext, Fingerprinter
     from lauf_dvc.scheduler.staleness import Observed
 

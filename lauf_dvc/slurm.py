@@ -27,7 +27,7 @@ from lauf_dvc.config import ProjectSettings
 from lauf_dvc.errors import SubmitError
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.plan import Selection
+    from lauf_dvc.dvc.load.plan import Selection
 
 #: Where ``submit`` keeps its scripts and where the array tasks write their output:
 #: inside the repository (every node sees it) and ignored by git and DVC.

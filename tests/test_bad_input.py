@@ -408,7 +408,7 @@ def test_a_held_hard_link_lock_is_not_stale(repo: Path) -> None:
     from dvc.lock import make_lock
 
     from lauf_dvc.dvc import repolock
-    from lauf_dvc.dvc.pipeline import make_repo as dvc_repo
+    from lauf_dvc.dvc.load.pipeline import make_repo as dvc_repo
 
     dvc_config(repo, "core.hardlink_lock", "true")
     subprocess.run(["rm", "-f", *STALE.split()], cwd=repo, check=True)

@@ -91,9 +91,65 @@ def test_no_import_cycles() -> None:
 
 def test_the_checker_sees_function_level_imports() -> None:
     """The graph is not only module-level imports: it would miss cycles hidden in them."""
-    assert "lauf_dvc.dvc.pipeline" in imports(
-        MODULES["lauf_dvc.dvc.fingerprinter"], typing_only=False
+    assert "lauf_dvc.dvc.load.pipeline" in imports(
+        MODULES["lauf_dvc.dvc.status.fingerprinter"], typing_only=False
     )
+
+
+# lauf_dvc.dvc's parts, lowest first, and the parts each may import (any import, also one
+# under TYPE_CHECKING). The seam (compat) and DVC's YAML parser import no other part;
+# commit (dvc.lock, atomic writes) needs only them; DVC's locks write their holder notes
+# through commit; loading reads dvc.lock entries through commit and takes DVC's lock;
+# status and running a stage build on loading, never on each other; the project (the read
+# step of staleness) on loading and status; the worker loop, repro and the API on top.
+DVC_PARTS: dict[str, set[str]] = {
+    "compat": set(),
+    "yamlparse": set(),
+    "logs": set(),
+    "commit": {"compat", "yamlparse"},
+    "repolock": {"compat", "commit"},
+    "load": {"compat", "yamlparse", "commit", "repolock"},
+    "status": {"compat", "commit", "load"},
+    "run": {"compat", "commit", "repolock", "load"},
+    "project": {"compat", "load", "status"},
+    "work": {"compat", "load", "repolock", "run", "project"},
+    "repro": {"compat", "load", "run", "project", "work"},
+    "api": {"compat", "load", "project", "repro"},
+}
+
+
+def dvc_part(module: str) -> str | None:
+    """``lauf_dvc.dvc.load.pipeline`` -> ``load``, ``lauf_dvc.dvc.compat`` -> ``compat``;
+    None outside lauf_dvc.dvc and for its ``__init__``."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["lauf_dvc", "dvc"] and len(parts) > 2 else None
+
+
+def test_every_dvc_module_is_in_a_part_and_the_parts_are_layered() -> None:
+    assert {dvc_part(m) for m in MODULES} - {None} == set(DVC_PARTS)
+    allowed = nx.DiGraph([(a, b) for a, below in DVC_PARTS.items() for b in below])
+    assert nx.is_directed_acyclic_graph(allowed)
+
+
+@pytest.mark.parametrize("part", list(DVC_PARTS))
+def test_a_dvc_part_imports_only_the_parts_below_it(part) -> None:
+    graph = arrows(typing_only=True)
+    imported = {
+        dvc_part(target)
+        for module in MODULES
+        if dvc_part(module) == part
+        for target in graph.successors(module)
+    } - {None, part}
+    assert imported <= DVC_PARTS[part], f"lauf_dvc.dvc.{part} imports {imported - DVC_PARTS[part]}"
+
+
+@pytest.mark.parametrize(
+    "package", sorted(m for m, p in MODULES.items() if p.name == "__init__.py" and dvc_part(m))
+)
+def test_a_dvc_subpackage_init_imports_nothing(package) -> None:
+    """Callers import the modules by their full names; an ``__init__`` that imported its
+    modules would make every import of one of them an import of all (and invite cycles)."""
+    assert imports(MODULES[package], typing_only=True) == set()
 
 
 @pytest.mark.parametrize("role", ["claims", "transitions", "graphsync"])

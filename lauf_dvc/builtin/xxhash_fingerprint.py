@@ -22,7 +22,7 @@ from lauf_dvc.fingerprint.params import param_parts
 from lauf_dvc.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint.context import FingerprintContext
     from lauf_dvc.fingerprint.statcache import StatCache
 

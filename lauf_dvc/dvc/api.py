@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.plan import ON_ERROR, Selection, StageOptions, check_on_error, targets_list
+from lauf_dvc.dvc.load.plan import ON_ERROR, Selection, StageOptions, check_on_error, targets_list
 from lauf_dvc.errors import ConfigError, WorkerCrashed
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _plan(repo: Repo, selection: Selection, cli: dict[str, Any], on_error: str) 
     """The stages to run, planned by DVC under its lock, as a lauf project."""
     from dvc.repo import lock_repo
 
-    from lauf_dvc.dvc.pipeline import missing_inputs, plan_locked
+    from lauf_dvc.dvc.load.pipeline import missing_inputs, plan_locked
     from lauf_dvc.dvc.project import _project, read_lauf_vars
 
     root = Path(repo.root_dir)
@@ -142,7 +142,7 @@ def _outcome(repo: Repo, result: ReproResult, on_error: str) -> list[Stage]:
     from dvc.stage.exceptions import StageCmdFailedError
     from dvc.utils import humanize
 
-    from lauf_dvc.dvc.pipeline import address_of
+    from lauf_dvc.dvc.load.pipeline import address_of
 
     with lock_repo(repo):  # fresh stage objects: what the workers wrote
         by_address = {address_of(repo, s): s for s in repo.index.stages}

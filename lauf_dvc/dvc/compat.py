@@ -6,7 +6,7 @@ runs the command itself (so several run at once) and writes one ``dvc.lock`` ent
 without re-rendering the file, and its caches trust that DVC reads every file through
 calls lauf can watch. DVC may move any of these between minor releases. Each one is an
 :class:`Item` below with a probe; :func:`check` runs the probes once per process (when
-the first repository is opened, :func:`lauf_dvc.dvc.pipeline.make_repo`). Where a probe
+the first repository is opened, :func:`lauf_dvc.dvc.load.pipeline.make_repo`). Where a probe
 fails, lauf says so in one warning line and does without:
 
 - ``fast`` items: stages are reproduced by DVC's public path instead,
@@ -14,7 +14,7 @@ fails, lauf says so in one warning line and does without:
   lock (DVC itself releases the lock around the command, so stages still run in
   parallel; the command's output goes to the worker's output, not to the stage's log);
 - ``cache`` items: the pipeline snapshot and the stored verdicts
-  (:mod:`~lauf_dvc.dvc.pipecache`, :mod:`~lauf_dvc.dvc.verdictcache`) are off: every
+  (:mod:`~lauf_dvc.dvc.load.pipecache`, :mod:`~lauf_dvc.dvc.status.verdictcache`) are off: every
   run loads the pipeline and asks DVC afresh (slower, never a stale answer);
 - ``speed`` items: that one speed-up is off (DVC's own code runs; same results).
 
@@ -22,8 +22,8 @@ fails, lauf says so in one warning line and does without:
 tests/dvc/test_compat.py asserts that on the DVC versions CI runs (the lowest that
 ``pyproject.toml`` allows and the newest) every probe succeeds.
 
-The speed-ups themselves live beside the caches they serve (:mod:`.speedups`,
-:mod:`.atomic`, :mod:`.pipecache`, :mod:`.repolock`); each asks :func:`enabled` before
+The speed-ups themselves live beside the caches they serve (:mod:`.load.speedups`,
+:mod:`.commit.atomic`, :mod:`.load.pipecache`, :mod:`.repolock`); each asks :func:`enabled` before
 it patches anything, and the names it touches are the ones probed here.
 """
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.config import ProjectSettings, StageSettings
-from lauf_dvc.dvc import status
-from lauf_dvc.dvc.pipeline import StageInfo, dvc_errors, reword
-from lauf_dvc.dvc.plan import Selection
-from lauf_dvc.dvc.verdictcache import StageVerdict
+from lauf_dvc.dvc.load.pipeline import StageInfo, dvc_errors, reword
+from lauf_dvc.dvc.load.plan import Selection
+from lauf_dvc.dvc.status import status
+from lauf_dvc.dvc.status.verdictcache import StageVerdict
 from lauf_dvc.errors import ConfigError, PipelineError
 from lauf_dvc.fingerprint.model import reasons
 from lauf_dvc.scheduler import staleness
@@ -191,8 +191,9 @@ def open_project(
     ``prefetch_verdicts``: also ask DVC now which stages changed (for a read-only look:
     ``status``, ``repro --dry``; a sync that writes must read states first).
     """
-    from lauf_dvc.dvc import pipecache, verdictcache
-    from lauf_dvc.dvc.pipeline import load_locked, locked, open_repo, plan_locked
+    from lauf_dvc.dvc.load import pipecache
+    from lauf_dvc.dvc.load.pipeline import load_locked, locked, open_repo, plan_locked
+    from lauf_dvc.dvc.status import verdictcache
 
     root = find_root(start)
     lauf_dir = root / LAUF_DIR
@@ -244,7 +245,7 @@ def open_project(
 def select_cached(
     root: Path, stages: Sequence[StageInfo], selection: Selection
 ) -> list[StageInfo] | None:
-    """What :func:`~lauf_dvc.dvc.plan.steps` would select, from a stored pipeline, for
+    """What :func:`~lauf_dvc.dvc.load.plan.steps` would select, from a stored pipeline, for
     the one common case DVC's planning needs no repository for: no targets (the
     ``dvc.yaml`` of the cwd) and no option. None: ask DVC (any other case, or a cwd
     without stages, where DVC's own error is the answer)."""

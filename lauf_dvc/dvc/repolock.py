@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc.commit.atomic import write_json
 from lauf_dvc.errors import LockTimeout
 from lauf_dvc.netfs import network_filesystem
 

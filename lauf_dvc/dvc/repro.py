@@ -22,10 +22,10 @@ from typing import Any
 
 from lauf_dvc import termination
 from lauf_dvc.config import spawn_workers
-from lauf_dvc.dvc.command import kill_commands_of
-from lauf_dvc.dvc.plan import StageOptions
+from lauf_dvc.dvc.load.plan import StageOptions
 from lauf_dvc.dvc.project import Project, SyncReport, reconcile
-from lauf_dvc.dvc.runner import pull_run_cache
+from lauf_dvc.dvc.run.command import kill_commands_of
+from lauf_dvc.dvc.run.runner import pull_run_cache
 from lauf_dvc.dvc.work import RESTORED
 from lauf_dvc.errors import ExitCode, LaufError
 from lauf_dvc.resources import Capacity, Demand, demand_of, shortfall

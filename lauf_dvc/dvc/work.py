@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lauf_dvc.dvc import repolock
-from lauf_dvc.dvc.pipeline import StageInfo
-from lauf_dvc.dvc.plan import StageOptions
+from lauf_dvc.dvc.load.pipeline import StageInfo
+from lauf_dvc.dvc.load.plan import StageOptions
 from lauf_dvc.dvc.project import Project, reconcile
-from lauf_dvc.dvc.runner import StageResult, StageRunner
+from lauf_dvc.dvc.run.runner import StageResult, StageRunner
 from lauf_dvc.errors import FailurePolicyStop, LaufError
 from lauf_dvc.faults import fault
 from lauf_dvc.resources import command_env, demand_of

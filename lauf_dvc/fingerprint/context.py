@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from lauf_dvc.fingerprint.statcache import StatCache
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint.model import Fingerprint
 
 #: Where lauf keeps its files inside a repository (the scheduler database lives there too).
@@ -95,7 +95,7 @@ class FingerprintContext:
             PipelineError: the file cannot be parsed.
         """
         if path not in self._params:
-            from lauf_dvc.dvc.params import load_params_file
+            from lauf_dvc.dvc.load.params import load_params_file
 
             self._params[path] = load_params_file(self.root, path)
         return self._params[path]
@@ -103,7 +103,7 @@ class FingerprintContext:
     def dvc_repo(self) -> Any:  # a dvc.repo.Repo
         """An open ``dvc.repo.Repo`` for the root (not locked: lock it to read dvc.lock)."""
         if self._repo is None:
-            from lauf_dvc.dvc.pipeline import make_repo
+            from lauf_dvc.dvc.load.pipeline import make_repo
 
             self._repo = make_repo(self.root)
         return self._repo

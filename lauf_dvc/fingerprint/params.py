@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from lauf_dvc.fingerprint.model import MISSING, json_value, param_key
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint.context import FingerprintContext
 
 

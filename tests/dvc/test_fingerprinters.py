@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline
+from lauf_dvc.dvc.load.pipeline import StageInfo, load_pipeline
 from lauf_dvc.fingerprint import MISSING, Fingerprint, FingerprintContext, diff
 from lauf_dvc.plugins import Hooks, make_plugin_manager
 

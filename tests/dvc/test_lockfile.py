@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lauf_dvc.dvc import lockfile
+from lauf_dvc.dvc.commit import lockfile
 
 # names and strings that make YAML quote, wrap, escape or fold
 AWKWARD = [
@@ -166,12 +166,12 @@ def test_files_not_written_by_dvc_are_left_to_dvc(text: str) -> None:
 
 @pytest.mark.parametrize("seed", range(10))
 def test_entry_by_entry_load_equals_dvcs_parse(seed: int, tmp_path: Any) -> None:
-    """lauf's cached loader (lauf_dvc.dvc.speedups) returns what DVC's own load returns."""
+    """lauf's cached loader (lauf_dvc.dvc.load.speedups) returns what DVC's own load returns."""
     from dvc.fs import LocalFileSystem
     from dvc.schema import COMPILED_LOCKFILE_SCHEMA
     from dvc.utils import strictyaml
 
-    from lauf_dvc.dvc.speedups import _YamlCache
+    from lauf_dvc.dvc.load.speedups import _YamlCache
 
     rng = random.Random(seed)
     names = list(dict.fromkeys(_name(rng) for _ in range(rng.randint(1, 12))))
@@ -196,7 +196,7 @@ def test_invalid_lockfile_still_gets_dvcs_error(tmp_path: Any) -> None:
     from dvc.utils import strictyaml
     from dvc.utils.strictyaml import YAMLValidationError
 
-    from lauf_dvc.dvc.speedups import _YamlCache
+    from lauf_dvc.dvc.load.speedups import _YamlCache
 
     path = tmp_path / "dvc.lock"
     path.write_text("schema: '2.0'\nstages:\n  train:\n    outs: 3\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The pipeline snapshot (lauf_dvc.dvc.pipecache): used when nothing changed, never after
+"""The pipeline snapshot (lauf_dvc.dvc.load.pipecache): used when nothing changed, never after
 a change DVC would see, on real repositories."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lauf_dvc.dvc import pipecache
+from lauf_dvc.dvc.load import pipecache
 from lauf_dvc.dvc.project import LAUF_DIR, open_project
 
 FILES = {
@@ -92,7 +92,7 @@ def test_a_file_changed_within_a_timestamp_tick_is_not_trusted(repo: Path) -> No
     assert _cached(repo) is None  # params.yaml is still too fresh to snapshot
 
 
-# -- DVC's verdicts kept for `lauf-dvc status` (lauf_dvc.dvc.verdictcache) ----------------
+# -- DVC's verdicts kept for `lauf-dvc status` (lauf_dvc.dvc.status.verdictcache) ----------------
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, 
     from test_fingerprinters import FILES as PIPELINE
 
     from lauf_dvc.dvc import project as project_module
-    from lauf_dvc.dvc import verdictcache
+    from lauf_dvc.dvc.status import verdictcache
 
     # no 2 s distrust of fresh files here, so that the stored verdicts are used at once
     monkeypatch.setattr(pipecache, "RACY", 0.0)
@@ -142,7 +142,7 @@ def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, 
 def test_a_full_load_drops_the_stored_verdicts(repo: Path) -> None:
     """Verdicts are keyed on what lauf loads of a stage, not on every setting DVC reads
     (an output's `cache`, `persist`): a full load (dvc.yaml changed) forgets them all."""
-    from lauf_dvc.dvc import verdictcache
+    from lauf_dvc.dvc.status import verdictcache
 
     open_project(start=repo, prefetch_verdicts=True)  # from the snapshot: stores verdicts
     assert (repo / LAUF_DIR / verdictcache.FILE).exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lauf_dvc.dvc.pipeline import StageInfo, load_pipeline
+from lauf_dvc.dvc.load.pipeline import StageInfo, load_pipeline
 from lauf_dvc.errors import PipelineError
 
 # pygtrie's deprecation, raised inside DVC's graph building (dvc/repo/trie.py, graph.py)

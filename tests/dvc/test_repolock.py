@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lauf_dvc.dvc import repolock
-from lauf_dvc.dvc.pipeline import locked, make_repo
+from lauf_dvc.dvc.load.pipeline import locked, make_repo
 from lauf_dvc.scheduler.store import Store
 
 

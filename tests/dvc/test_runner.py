@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lauf_dvc.dvc.pipeline import load_pipeline
-from lauf_dvc.dvc.runner import StageResult, log_file, run_stage
+from lauf_dvc.dvc.load.pipeline import load_pipeline
+from lauf_dvc.dvc.run.runner import StageResult, log_file, run_stage
 from lauf_dvc.errors import PipelineError
 
 # pygtrie's deprecation, raised inside DVC's graph building (dvc/repo/trie.py, graph.py)
@@ -416,7 +416,7 @@ def test_unknown_or_ambiguous_address_is_a_pipeline_error(dvc_repo) -> None:
 
 WORKER = """
 import sys
-from lauf_dvc.dvc.runner import run_stage
+from lauf_dvc.dvc.run.runner import run_stage
 for address in sys.argv[2:]:
     result = run_stage(sys.argv[1], address)
     if result.outcome != "ran":

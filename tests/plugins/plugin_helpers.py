@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lauf_dvc.dvc.pipeline import StageInfo
+from lauf_dvc.dvc.load.pipeline import StageInfo
 
 
 def stage(address: str = "train", **fields: Any) -> StageInfo:

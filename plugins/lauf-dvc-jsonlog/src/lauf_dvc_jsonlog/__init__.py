@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lauf_dvc.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
 
 ENV = "LAUF_DVC_JSONLOG"
 DEFAULT = Path(".dvc") / "tmp" / "lauf" / "events.jsonl"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc.stage import Stage
 
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
     from lauf_dvc.fingerprint.context import FingerprintContext
     from lauf_dvc.scheduler.staleness import Observed
 
@@ -39,10 +39,10 @@ class DvcFingerprinter:
     def observe(self, stages: Sequence[StageInfo], ctx: FingerprintContext) -> dict[str, Observed]:
         """What DVC finds of ``stages`` (``dvc status``, in one pass over DVC's index):
         their record is their ``dvc.lock`` entry, and their fingerprint now equals it
-        exactly when DVC finds nothing changed (see :data:`lauf_dvc.dvc.status.RECORDED`:
+        exactly when DVC finds nothing changed (see :data:`lauf_dvc.dvc.status.status.RECORDED`:
         hashes through DVC's state database, parameter values, the command, whether each
         output is in the cache)."""
-        from lauf_dvc.dvc import status
+        from lauf_dvc.dvc.status import status
 
         verdicts = dict(ctx.cache.get(status.PREFETCHED) or {})
         if ask := {s.address for s in stages} - set(verdicts):
@@ -59,7 +59,7 @@ class DvcFingerprinter:
     def fingerprint(self, stage: StageInfo, ctx: FingerprintContext) -> Fingerprint:
         from dvc.dependency import ParamsDependency
 
-        from lauf_dvc.dvc.pipeline import dvc_errors
+        from lauf_dvc.dvc.load.pipeline import dvc_errors
 
         repo = ctx.dvc_repo()
         dvc_stage = _stages(ctx, repo).get(stage.address)
@@ -85,7 +85,7 @@ def _stages(ctx: FingerprintContext, repo: Repo) -> dict[str, Stage]:
     rewritten in place)."""
     index = ctx.cache.get(_INDEX)
     if index is None:
-        from lauf_dvc.dvc.pipeline import address_of, dvc_errors, locked
+        from lauf_dvc.dvc.load.pipeline import address_of, dvc_errors, locked
 
         with locked(repo), dvc_errors(repo.root_dir):
             index = {address_of(repo, s): s for s in repo.index.stages}
@@ -94,7 +94,7 @@ def _stages(ctx: FingerprintContext, repo: Repo) -> dict[str, Stage]:
 
 
 def _path(repo: Repo, item: Any) -> str:
-    from lauf_dvc.dvc.pipeline import _dep_path  # the same path StageInfo lists
+    from lauf_dvc.dvc.load.pipeline import _dep_path  # the same path StageInfo lists
 
     return _dep_path(repo, item)
 

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc.verdictcache import StageVerdict
+from lauf_dvc.dvc.status.verdictcache import StageVerdict
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.staleness import Observed
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
 
 #: What a stage's outputs were made with, as far as DVC's comparison goes: "as its
 #: dvc.lock entry records". DVC compares the workspace with that entry itself (hashes
@@ -51,7 +51,7 @@ def dvc_verdicts(
     may already hold the lock of), else on a repository opened for this call."""
     import contextlib
 
-    from lauf_dvc.dvc.pipeline import locked, open_repo
+    from lauf_dvc.dvc.load.pipeline import locked, open_repo
 
     opening = contextlib.nullcontext(repo) if repo is not None else open_repo(root)
     with opening as opened, locked(opened):
@@ -81,8 +81,8 @@ def verdicts_locked(
 ) -> dict[str, StageVerdict]:
     from dvc.exceptions import DvcException
 
-    from lauf_dvc.dvc.pipeline import address_of
-    from lauf_dvc.dvc.speedups import params_files_read_once
+    from lauf_dvc.dvc.load.pipeline import address_of
+    from lauf_dvc.dvc.load.speedups import params_files_read_once
 
     out: dict[str, StageVerdict] = {}
     try:
@@ -152,7 +152,7 @@ def _with_param_values(stage: Any, reasons: tuple[str, ...]) -> tuple[str, ...]:
     ("params.yaml:train.lr 0.1 -> 0.01"), from dvc.lock's record and the params file."""
     from dvc.dependency import ParamsDependency
 
-    from lauf_dvc.dvc.pipeline import _dep_path
+    from lauf_dvc.dvc.load.pipeline import _dep_path
     from lauf_dvc.fingerprint import Fingerprint, diff, json_value, param_key
 
     old: dict[str, str] = {}

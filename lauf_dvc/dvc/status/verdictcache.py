@@ -9,7 +9,7 @@ hash while its inode, size and mtime are unchanged (its state database). So afte
 asking DVC, lauf stores each verdict (``.dvc/tmp/lauf/verdicts.json``) with a key made of:
 
 - the stage's definition as loaded. Stored verdicts are only used when the pipeline
-  came from an unchanged snapshot (:mod:`lauf_dvc.dvc.pipecache`), and every full load
+  came from an unchanged snapshot (:mod:`lauf_dvc.dvc.load.pipecache`), and every full load
   of the pipeline drops them, so they were computed with the ``dvc.yaml`` of the
   snapshot in use (settings the definition does not show, such as an output's
   ``cache`` or ``persist``, included);
@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import compat
-from lauf_dvc.dvc.atomic import write_json
-from lauf_dvc.dvc.pipecache import RACY, file_stat, versions
+from lauf_dvc.dvc.commit.atomic import write_json
+from lauf_dvc.dvc.load.pipecache import RACY, file_stat, versions
 
 if TYPE_CHECKING:
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _recompute(keys: Keys, address: str) -> Any:
 
 
 def _entries(lock: Path) -> dict[str, str] | None:
-    from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+    from lauf_dvc.dvc.commit.lockfile import entry_blocks, parse_entry
 
     try:
         text = lock.read_text(encoding="utf-8")

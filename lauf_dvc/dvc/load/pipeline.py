@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from dvc.stage import PipelineStage, Stage
     from networkx import DiGraph
 
-    from lauf_dvc.dvc.plan import Selection
+    from lauf_dvc.dvc.load.plan import Selection
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def load_locked(repo: Repo, targets: Sequence[str] = ()) -> list[StageInfo]:
 
 def plan_locked(repo: Repo, selection: Selection) -> list[StageInfo]:
     """The stages ``dvc repro`` with ``selection`` would consider (see
-    :func:`lauf_dvc.dvc.plan.steps`), upstream first. DVC's exceptions propagate."""
-    from lauf_dvc.dvc.plan import single_item_order, steps
+    :func:`lauf_dvc.dvc.load.plan.steps`), upstream first. DVC's exceptions propagate."""
+    from lauf_dvc.dvc.load.plan import single_item_order, steps
 
     planned = steps(repo, selection)
     stages = infos(repo, repo.index.graph, set(planned))
@@ -268,7 +268,8 @@ def make_repo(root: str | Path) -> Repo:
     from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
-    from lauf_dvc.dvc import compat, repolock, speedups
+    from lauf_dvc.dvc import compat, repolock
+    from lauf_dvc.dvc.load import speedups
 
     compat.check()  # once per process: one warning line if a DVC internal moved
     speedups.install()

@@ -24,7 +24,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lauf_dvc.dvc.lockfile import entry_blocks, parse_entry
+from lauf_dvc.dvc.commit.lockfile import entry_blocks, parse_entry
 
 _installed = False
 _lock = threading.Lock()
@@ -160,7 +160,7 @@ class _YamlCache:
     them whole: time that grows with the pipeline, spent under the repository lock. Here:
 
     - a file whose text is the one seen last time is not parsed or validated again;
-    - a ``dvc.lock`` in the shape DVC writes (see :mod:`lauf_dvc.dvc.lockfile`) is parsed
+    - a ``dvc.lock`` in the shape DVC writes (see :mod:`lauf_dvc.dvc.commit.lockfile`) is parsed
       entry by entry, each distinct entry text parsed and validated once (by DVC's own
       lock-file schema, on a one-entry document): after a stage commits, only its entry.
 

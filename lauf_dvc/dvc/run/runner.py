@@ -18,7 +18,7 @@ exactly as ``dvc repro`` does it (:func:`_reproduce_whole`).
 
 Every option of ``dvc repro`` that changes how a stage is reproduced (``--force``,
 ``--pull``, ``--allow-missing``, ``--no-commit``, ``--no-run-cache``) arrives as
-:class:`~lauf_dvc.dvc.plan.StageOptions` and takes the branch ``Stage.reproduce``,
+:class:`~lauf_dvc.dvc.load.plan.StageOptions` and takes the branch ``Stage.reproduce``,
 ``Stage.run`` and ``run_stage`` take for it.
 
 Like ``dvc repro``, the stage holds DVC's read/write path locks (``.dvc/tmp/rwlock``) on
@@ -26,13 +26,13 @@ its dependencies and outputs from phase 1 to phase 3, so a ``dvc`` command start
 hand cannot touch them meanwhile.
 
 A process runs one stage at a time, and while DVC works (phases 1 and 3) the process's
-working directory is the repository root (see :func:`lauf_dvc.dvc.pipeline.locked`).
+working directory is the repository root (see :func:`lauf_dvc.dvc.load.pipeline.locked`).
 
 A worker may be killed at any instant and nothing is lost: DVC's commit never marks a
 stage done until its outputs are in the cache, ``dvc.lock`` is replaced atomically
-(:mod:`lauf_dvc.dvc.atomic`), DVC's locks die with their holder, and before a stage runs
+(:mod:`lauf_dvc.dvc.commit.atomic`), DVC's locks die with their holder, and before a stage runs
 again whatever a dead worker's run of it left running is killed
-(:mod:`lauf_dvc.dvc.command`). A stage interrupted before its entry was written is
+(:mod:`lauf_dvc.dvc.run.command`). A stage interrupted before its entry was written is
 simply changed for DVC and runs again; one interrupted after it is found up to date.
 The instants in between are the fault-injection points of :mod:`lauf_dvc.faults`.
 """
@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from lauf_dvc.dvc import atomic, compat, lockfile, repolock
-from lauf_dvc.dvc.command import Output, kill_leftovers, run_command
-from lauf_dvc.dvc.pipeline import (
+from lauf_dvc.dvc import compat, repolock
+from lauf_dvc.dvc.commit import atomic, lockfile
+from lauf_dvc.dvc.load.pipeline import (
     address_of,
     command_lines,
     dvc_errors,
@@ -63,7 +63,8 @@ from lauf_dvc.dvc.pipeline import (
     resolve_target,
     reword,
 )
-from lauf_dvc.dvc.plan import StageOptions, upstream_of
+from lauf_dvc.dvc.load.plan import StageOptions, upstream_of
+from lauf_dvc.dvc.run.command import Output, kill_leftovers, run_command
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.faults import after_call, fault
 
@@ -209,7 +210,7 @@ def collect_stage(repo: Repo, address: str) -> Stage:
     """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
     stage or a ``.dvc`` file.
 
-    The address is split as :func:`~lauf_dvc.dvc.pipeline.address_of` built it, not
+    The address is split as :func:`~lauf_dvc.dvc.load.pipeline.address_of` built it, not
     parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
     name (``a:b`` means stage ``b`` of a file ``a``)."""
     from dvc.exceptions import DvcException
@@ -452,7 +453,7 @@ def _command_environ(env: Mapping[str, str]) -> Iterator[None]:
 
 def _dump_dvc_file(repo: Repo, stage: Stage) -> None:
     """``stage.dump()`` of a ``.dvc`` file, written through ``repo.fs`` (so atomically:
-    :mod:`lauf_dvc.dvc.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
+    :mod:`lauf_dvc.dvc.commit.atomic`). DVC's ``SingleStageFile.dump`` calls ``dump_yaml``
     without a filesystem, i.e. with ``open``; it is given ``repo.fs`` for this call
     (dvc/dvcfile.py, since DVC 2.0; without it the file would be written in place)."""
     import dvc.dvcfile
@@ -570,9 +571,9 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
     """Under the repository lock: the outputs' ``.gitignore`` entries (if ``_save`` ran
     with them deferred) and the stage's ``dvc.lock`` entry.
 
-    The entry is written by :func:`lauf_dvc.dvc.lockfile.dump_entry` (DVC's bytes, in time
+    The entry is written by :func:`lauf_dvc.dvc.commit.lockfile.dump_entry` (DVC's bytes, in time
     independent of the file's size) or, where that does not apply, by DVC. Either way it
-    replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.atomic`), so a worker killed
+    replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.commit.atomic`), so a worker killed
     anywhere in here leaves the stage without an entry (or with its old one) and its
     outputs changed: DVC sees it as changed and it runs again.
     """
@@ -584,7 +585,7 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
 
 def _dump(job: _Job, stage: Stage, write: Any) -> None:
     """Write the stage's entry (``write()``), atomically, checking it went through
-    :mod:`lauf_dvc.dvc.atomic`."""
+    :mod:`lauf_dvc.dvc.commit.atomic`."""
     assert job.atomic is not None  # the fast path
     job.atomic.stage, before = job.address, job.atomic.replaced
     try:
@@ -612,7 +613,7 @@ def _no_ignore() -> None:
 
 
 def _records(repo: Repo) -> Path:
-    """Where running commands are recorded (see :mod:`lauf_dvc.dvc.command`)."""
+    """Where running commands are recorded (see :mod:`lauf_dvc.dvc.run.command`)."""
     return Path(repo.tmp_dir) / "lauf" / "commands"
 
 

@@ -4,7 +4,7 @@ Loading a pipeline through DVC's API (walk the workspace for ``dvc.yaml`` files,
 interpolate and validate each, build every stage object and the graph) is most of what
 ``lauf-dvc status`` costs on a large project, and it is the same work every time the
 project has not changed. After a full load, :func:`recording` stores the result (the
-:class:`~lauf_dvc.dvc.pipeline.StageInfo` list and the ``lauf`` vars) in
+:class:`~lauf_dvc.dvc.load.pipeline.StageInfo` list and the ``lauf`` vars) in
 ``.dvc/tmp/lauf/pipeline.json`` with what the load depended on:
 
 - every directory DVC's walk entered, with the names in it that decide the walk
@@ -35,13 +35,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lauf_dvc.dvc import compat, speedups
-from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc import compat
+from lauf_dvc.dvc.commit.atomic import write_json
+from lauf_dvc.dvc.load import speedups
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
 
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _DECIDING = (".gitignore", ".dvcignore")
 
 def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo]] | None:
     """``(lauf_vars, stages)`` as the last full load found them, if nothing changed since."""
-    from lauf_dvc.dvc.pipeline import StageInfo
+    from lauf_dvc.dvc.load.pipeline import StageInfo
 
     if not compat.caches():
         return None

@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, TextIO
 
 import psutil
 
-from lauf_dvc.dvc.atomic import write_json
+from lauf_dvc.dvc.commit.atomic import write_json
 from lauf_dvc.faults import fault
 
 log = logging.getLogger(__name__)

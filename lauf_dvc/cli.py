@@ -295,7 +295,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from lauf_dvc.config import parse_non_negative_float, resolve
+    from lauf_dvc.config import read_setting
     from lauf_dvc.dvc.load.pipeline import missing_inputs
     from lauf_dvc.dvc.load.plan import from_flags
     from lauf_dvc.dvc.project import open_project
@@ -314,7 +314,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         shown = ", ".join(never[:5]) + (" ..." if len(never) > 5 else "")
         _warn([f"this worker (labels: {','.join(sorted(labels)) or 'none'}) cannot take "
                f"{len(never)} stage(s), which require other labels: {shown}"])  # fmt: skip
-    max_idle = resolve("max_idle", args.max_idle, parse_non_negative_float, None)
+    max_idle = read_setting("max_idle", args.max_idle)
     report = run_worker(project, identifier=args.identifier, labels=labels,
                         do_sync=not args.no_sync, options=from_flags(args),
                         max_tasks=args.max_tasks, max_idle=max_idle,

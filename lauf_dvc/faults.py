@@ -7,7 +7,8 @@ no atexit, exactly what an OOM kill or a vanished node does. With
 processes (a marker file named after the item, created with ``O_EXCL``, holds the pid
 that died), so the worker that retries the stage runs through.
 
-Unset, :func:`fault` costs one environment lookup. The points, in the order a stage
+Both are read when a point is reached (``lauf_dvc.config.read_setting``); unset,
+:func:`fault` costs one environment lookup. The points, in the order a stage
 meets them (see :mod:`lauf_dvc.dvc.run.runner`):
 
 ``before-command``  path locks held, outputs removed, the command not started
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from lauf_dvc.config import read_setting
 from lauf_dvc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ENV = "LAUF_DVC_FAULT"
-ONCE_ENV = "LAUF_DVC_FAULT_ONCE"
 POINTS = (
     "before-command",
     "during-command",
@@ -92,7 +93,7 @@ def after_call(obj: Any, method: str, point: str, address: str | None) -> Iterat
 
 
 def _armed_item(point: str, address: str | None) -> str | None:
-    spec = os.environ.get(ENV)
+    spec: str | None = read_setting("fault")
     if not spec:
         return None
     for item in (i.strip() for i in spec.split(",")):
@@ -109,7 +110,7 @@ def _armed_item(point: str, address: str | None) -> str | None:
 
 def _first_time(item: str) -> bool:
     """Without LAUF_DVC_FAULT_ONCE always; with it, only for the first process to get here."""
-    once = os.environ.get(ONCE_ENV)
+    once: str | None = read_setting("fault_once")
     if not once:
         return True
     marker = Path(once) / quote(item, safe="")

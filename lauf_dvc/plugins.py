@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from lauf_dvc import hookspecs
+from lauf_dvc.config import read_setting
 from lauf_dvc.errors import ConfigError, LaufError, PluginError
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ def blocked_names(
     disabled: Iterable[str] = (), environ: Mapping[str, str] | None = None
 ) -> list[str]:
     """``disabled`` plus the comma-separated names in ``LAUF_DVC_DISABLE_PLUGINS``."""
-    env = os.environ if environ is None else environ
-    names = [*disabled, *env.get(DISABLE_ENV, "").split(",")]
+    names = [*disabled, *read_setting("disable_plugins", environ=environ)]
     return sorted({n.strip() for n in names if n.strip()})
 
 

@@ -11,11 +11,25 @@ import yaml
 from cli_helpers import iter_blocks
 
 from lauf_dvc.cli import COMMANDS, STATUS_KEYS
-from lauf_dvc.config import PROJECT_KEYS, STAGE_KEYS, ProjectSettings, StageSettings
+from lauf_dvc.config import (
+    PROJECT_KEYS,
+    SETTINGS,
+    STAGE_KEYS,
+    ProjectSettings,
+    SchedulerSettings,
+    StageSettings,
+    markdown_tables,
+    update_markdown,
+)
 from lauf_dvc.errors import ExitCode
 from lauf_dvc.states import TRANSITIONS, TaskState
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+PACKAGE = Path(__file__).resolve().parents[1] / "lauf_dvc"
+REGENERATE = (
+    "regenerate them: python -c 'from pathlib import Path; from lauf_dvc.config import "
+    'update_markdown as u; p = Path("docs/configuration.md"); p.write_text(u(p.read_text()))\''
+)
 
 
 def table(text: str, heading: str) -> list[list[str]]:
@@ -66,6 +80,38 @@ def test_every_stage_setting_is_documented_with_its_default() -> None:
             assert yaml.safe_load(code(default)) == (
                 list(value) if isinstance(value, tuple) else value
             )
+
+
+def test_the_configuration_tables_are_generated_from_the_settings_table() -> None:
+    """docs/configuration.md's three tables are what config.SETTINGS makes, cell for cell."""
+    text = (DOCS / "configuration.md").read_text()
+    for heading, generated in markdown_tables().items():
+        after = text[text.index(heading + "\n") :].splitlines()
+        first = next(i for i, line in enumerate(after) if line.startswith("|"))
+        end = next(i for i in range(first, len(after)) if not after[i].startswith("|"))
+        assert "\n".join(after[first:end]) == generated, f"{heading}: {REGENERATE}"
+    assert update_markdown(text) == text, REGENERATE
+
+
+def test_the_settings_dataclasses_have_the_fields_of_the_table() -> None:
+    assert [f.name for f in dataclasses.fields(ProjectSettings)] == list(PROJECT_KEYS)
+    assert [f.name for f in dataclasses.fields(StageSettings)] == list(STAGE_KEYS)
+    read_from_env = {s.env for s in SETTINGS if s.scope.name in ("PROJECT", "ENV")}
+    for f in dataclasses.fields(SchedulerSettings):
+        assert f"LAUF_DVC_{f.name.upper()}" in read_from_env, f.name
+
+
+def test_every_lauf_dvc_variable_the_package_names_is_in_the_settings_table() -> None:
+    """No LAUF_DVC_* variable is read (or set) without a row in config.SETTINGS, and so
+    in docs/configuration.md."""
+    named = {
+        (name, str(path.relative_to(PACKAGE.parent)))
+        for path in PACKAGE.rglob("*.py")
+        for name in re.findall(r"LAUF_DVC_[A-Z_]+", path.read_text())
+    }
+    assert ("LAUF_DVC_FAULT", "lauf_dvc/faults.py") in named  # the scan sees the package
+    table = {s.env for s in SETTINGS}
+    assert sorted(where for where in named if where[0] not in table) == []
 
 
 def test_the_configuration_example_is_valid() -> None:

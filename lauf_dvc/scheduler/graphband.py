@@ -15,14 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from flufl.lock import Lock
 
-from lauf_dvc.config import (
-    SchedulerSettings,
-    host_capacity,
-    parse_bool,
-    parse_lock_mode,
-    parse_non_negative_float,
-    resolve,
-)
+from lauf_dvc.config import SchedulerSettings, host_capacity, read_setting
 from lauf_dvc.errors import PipelineError
 from lauf_dvc.scheduler.locks import LockSet, lock_dir
 from lauf_dvc.scheduler.store import Store
@@ -104,9 +97,9 @@ class Graphband(Generic[T]):
             max_failed_retries=max_failed_retries,
             max_killed_retries=max_killed_retries,
         )
-        self.disabled = resolve("disabled", disabled, parse_bool, False)
-        self.lock_mode = resolve("lock", lock, parse_lock_mode, "auto")
-        self.max_idle = resolve("max_idle", max_idle, parse_non_negative_float, None)
+        self.disabled: bool = read_setting("disabled", disabled)
+        self.lock_mode: str = read_setting("lock", lock)
+        self.max_idle: float | None = read_setting("max_idle", max_idle)
         self.db = db
         self.identifier = identifier or default_identifier()
         self.labels = frozenset(labels)

@@ -363,7 +363,7 @@ SETTINGS: tuple[Setting, ...] = (
             "file there), so the retry runs through"),
     Setting("compat_break", _E, _as_str_list, (),
             "`name,...`: make those probes of DVC internals fail, to test the fallbacks "
-            "(`lauf_dvc/dvc/compat.py`, docs/compatibility.md)"),
+            "(`lauf_dvc/dvc/compat.py`, docs/compatibility.md); an unknown name is an error"),
     Setting("cpus", Scope.COMMAND, str, None,
             "set by lauf-dvc for a stage's command: the cores it holds (see "
             "[Resources](#resources))"),

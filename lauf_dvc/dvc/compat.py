@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lauf_dvc.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 Role = Literal["fast", "cache", "speed"]
@@ -246,6 +248,12 @@ def _run_probes() -> Report:
     from lauf_dvc.config import compat_broken
 
     broken = compat_broken()
+    unknown = sorted(broken - set(BY_NAME))
+    if unknown:  # a typo would otherwise test nothing, silently
+        raise ConfigError(
+            f"environment variable {BREAK_ENV}: unknown probe {unknown[0]!r} "
+            f"(known: {', '.join(BY_NAME)})"
+        )
     failed: dict[str, str] = {}
     for item in ITEMS:
         if item.name in broken:

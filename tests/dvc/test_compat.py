@@ -5,7 +5,10 @@ the same repository as `dvc repro` leaves."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from pipelines import MARK, dvc_yaml, stage
@@ -53,6 +56,18 @@ def test_a_broken_probe_is_reported_not_raised(monkeypatch) -> None:
     finally:
         compat.reset()
     assert "\n" not in line and "public path" in line and "stage-run-command" in line
+
+
+def test_an_unknown_probe_name_is_an_error_not_ignored(dvc_repo, monkeypatch) -> None:
+    """A typo in LAUF_DVC_COMPAT_BREAK would test no fallback at all, silently."""
+    root = dvc_repo({"dvc.yaml": "stages:\n  a:\n    cmd: echo a\n"}, name="typo")
+    env = {**os.environ, compat.BREAK_ENV: "stage-run-comand"}
+    done = subprocess.run([sys.executable, "-m", "lauf_dvc", "status"], cwd=root, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "LAUF_DVC_COMPAT_BREAK" in lines[0]
+    assert "'stage-run-comand'" in lines[0] and "stage-run-command" in lines[0]
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@
   once per stage that uses it.
 - :func:`_compile_ignore_patterns_once`: ``.gitignore`` lines compiled once per process
   (dulwich's ``IgnoreFilter``), not for each output DVC checks.
+- :func:`keep_between_locks`: a worker's ``Repo`` keeps its configuration (while no
+  config file changed) and its state database open from one hold of DVC's repository
+  lock to the next, instead of rebuilding both for every stage.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -232,3 +236,75 @@ def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
+
+
+def _config_signature(config: Any) -> tuple[Any, ...] | None:
+    """What DVC's configuration was read from, as ``stat`` sees it (None: do not trust a
+    copy: a file changed within :data:`RACY` seconds, or the files are not local)."""
+    now = time.time()
+    found: list[Any] = []
+    for level, path in sorted(config.files.items()):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            found.append((level, None))
+            continue
+        except (OSError, TypeError, ValueError):
+            return None
+        if now - st.st_mtime < RACY:
+            return None  # changed a moment ago: a change within one tick could go unseen
+        found.append((level, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(found)
+
+
+#: A config file changed this recently (seconds) is read again, whatever its ``stat``.
+RACY = 2.0
+
+
+def keep_between_locks(repo: Any) -> None:
+    """Make ``repo._reset()`` (run by ``dvc.repo.lock_repo`` whenever DVC's repository
+    lock is taken and released) keep two things it would otherwise rebuild per stage:
+
+    - the configuration (``repo.config``: four files read and validated, about 5 ms),
+      as long as none of its files changed (size, mtime, ctime, inode);
+    - the state database (``repo.state``, the hash cache): DVC closes its SQLite
+      connections, the next use opens them again (connect, settings, pragmas). The
+      database is shared safely between processes either way; it is closed with the
+      ``Repo`` (``repo.close()``).
+
+    Everything else ``_reset`` drops (the index, ``.dvcignore``, git's caches) it still
+    drops: another process may have changed what they were built from.
+    """
+    from lauf_dvc.dvc import compat
+
+    if not compat.enabled("repo-reset") or getattr(repo, "_lauf_kept", False):
+        return
+    real = repo._reset
+    kept: dict[str, Any] = {}
+
+    def _reset() -> None:
+        config = repo.__dict__.get("config")
+        if config is not None:
+            signature = _config_signature(config)
+            if signature is not None and kept.get("signature") in (None, signature):
+                kept.update(config=config, signature=signature)
+            else:
+                kept.clear()
+        state = repo.state
+        state.close = _no_close  # an instance attribute, for this call only
+        try:
+            real()
+        finally:
+            del state.close
+        config = kept.get("config")
+        if config is not None and _config_signature(config) == kept.get("signature"):
+            repo.__dict__["config"] = config
+        else:
+            kept.clear()
+
+    repo._reset = _reset
+    repo._lauf_kept = True
+
+
+def _no_close() -> None:
+    pass

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from lauf_dvc.dvc import compat, repolock
 from lauf_dvc.dvc.commit import atomic, lockfile
+from lauf_dvc.dvc.load import single, speedups
 from lauf_dvc.dvc.load.pipeline import (
     address_of,
     command_lines,
@@ -147,11 +148,13 @@ class StageRunner:
         self.root = Path(root)
         self._repo: Repo | None = None
         self._atomic: atomic.AtomicFiles | None = None
+        self.loader = single.StageLoader()  # dvc.yaml resolved once while unchanged
 
     @property
     def repo(self) -> Repo:
         if self._repo is None:
             self._repo = make_repo(self.root)
+            speedups.keep_between_locks(self._repo)
             if compat.fast_path():  # dvc.lock: old or new, never torn
                 self._atomic = atomic.install(self._repo)
         return self._repo
@@ -183,7 +186,7 @@ class StageRunner:
         repo = self.repo
         opts = options or StageOptions(force=force, run_cache=run_cache)
         job = _Job(repo, self._atomic, address, time.monotonic(), log_dir, stream, opts,
-                   dict(env or {}))  # fmt: skip
+                   dict(env or {}), self.loader)  # fmt: skip
         if self._atomic is None:  # a DVC internal moved (lauf_dvc.dvc.compat)
             try:
                 return _reproduce_public(job)
@@ -206,9 +209,10 @@ class StageRunner:
             job.close()
 
 
-def collect_stage(repo: Repo, address: str) -> Stage:
+def collect_stage(repo: Repo, address: str, loader: single.StageLoader | None = None) -> Stage:
     """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
-    stage or a ``.dvc`` file.
+    stage or a ``.dvc`` file; through ``loader`` (a worker's: see
+    :mod:`lauf_dvc.dvc.load.single`) where it applies.
 
     The address is split as :func:`~lauf_dvc.dvc.load.pipeline.address_of` built it, not
     parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
@@ -217,6 +221,9 @@ def collect_stage(repo: Repo, address: str) -> Stage:
 
     dvcfile, name = split_address(address)
     try:
+        quick = loader.load(repo, dvcfile, name) if loader and name else None
+        if quick is not None and address_of(repo, quick) == address:
+            return quick
         found = [repo.stage.load_one(path=os.path.join(repo.root_dir, dvcfile), name=name)]
     except (DvcException, KeyError):  # not there (any more): say it as a target would
         found = resolve_target(repo, address)
@@ -260,6 +267,7 @@ class _Job:
     stream: TextIO | None
     options: StageOptions = field(default_factory=StageOptions)
     env: dict[str, str] = field(default_factory=dict)  # for the command, over the worker's
+    loader: single.StageLoader | None = None
     _output: Output | None = None
 
     @property
@@ -316,7 +324,7 @@ def _prepare(job: _Job) -> StageResult | _Prepared:
     repo = job.repo
     with locked(repo):
         with dvc_errors(repo.root_dir, f"stage {job.address!r}"):
-            stage = collect_stage(repo, job.address)
+            stage = collect_stage(repo, job.address, job.loader)
         if not isinstance(stage, PipelineStage):  # a .dvc file: DVC's own path, whole
             try:
                 return _reproduce_whole(job, stage)

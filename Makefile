@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml $(NEWEST)
 	$(BIN)/python -m pip install --quiet -c $(NEWEST) -e '.[test,bench]'
 	@if ls plugins/*/pyproject.toml >/dev/null 2>&1; then \
 	  for p in plugins/*/; do $(BIN)/python -m pip install --quiet -e "$$p"; done; fi
+	@# bytecode for the editable package too (pip compiles only what it copies): with
+	@# PYTHONDONTWRITEBYTECODE set, every command would compile lauf_dvc from source
+	$(BIN)/python -m compileall -q lauf_dvc
 	rm -f $(VENV)/.installed-*
 	touch $@
 

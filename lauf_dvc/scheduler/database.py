@@ -23,7 +23,14 @@ from lauf_dvc.scheduler.engine import (
     sqlite_path,
 )
 from lauf_dvc.scheduler.locks import TransactionLock, lock_dir, transaction_lock
-from lauf_dvc.scheduler.schema import MIGRATIONS, SCHEMA_VERSION, meta, metadata, tasks
+from lauf_dvc.scheduler.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    meta,
+    metadata,
+    partial_indexes,
+    tasks,
+)
 from lauf_dvc.scheduler.transitions import TRANSITIONS_KEY, Transition
 
 #: PostgreSQL advisory lock keys ("lauf" in ASCII, then 1, 2), held to the end of a
@@ -151,6 +158,7 @@ class Database:
         """Check the schema version; create the tables in an empty database. Concurrent
         first starts are serialised (PostgreSQL: an advisory lock; SQLite: the write
         lock); the usual case, tables there, takes no lock."""
+        partial_indexes(engine.dialect.name)
         with self._errors(), self._serialised(), self._connect(engine) as conn:
             with conn.begin():
                 if self._schema_ok(conn):

@@ -9,6 +9,8 @@ claim never looks at dependencies.
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import (
     Column,
     Float,
@@ -83,41 +85,36 @@ tasks = Table(
     Column("updated", Float, nullable=False),
     Column("event_id", Integer, ForeignKey("lauf_events.id", use_alter=True, name="fk_task_event")),
 )
-Index(
-    "ix_tasks_ready",
-    tasks.c.requirements,
-    tasks.c.shape,
-    tasks.c.priority.desc(),
-    tasks.c.seq,
-    sqlite_where=text(READY_SQL),
-    postgresql_where=text(READY_SQL),
-)
+# The partial indexes of ``tasks``, built for the dialects in use (see :func:`partial_indexes`).
 # No plain index on ``state``: SQLite would prefer it to the partial indexes and sort.
-Index(
-    "ix_tasks_todo",
-    tasks.c.requirements,
-    sqlite_where=text(TODO_SQL),
-    postgresql_where=text(TODO_SQL),
+_PARTIAL: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("ix_tasks_ready", ("requirements", "shape", "-priority", "seq"), READY_SQL),
+    ("ix_tasks_todo", ("requirements",), TODO_SQL),
+    ("ix_tasks_running", ("seq",), RUNNING_SQL),
+    ("ix_tasks_failed", ("seq",), FAILED_SQL),
+    ("ix_tasks_joinable", ("-priority", "seq"), f"{RUNNING_SQL} AND max_workers > 1"),
 )
-Index(
-    "ix_tasks_running",
-    tasks.c.seq,
-    sqlite_where=text(RUNNING_SQL),
-    postgresql_where=text(RUNNING_SQL),
-)
-Index(
-    "ix_tasks_failed",
-    tasks.c.seq,
-    sqlite_where=text(FAILED_SQL),
-    postgresql_where=text(FAILED_SQL),
-)
-Index(
-    "ix_tasks_joinable",
-    tasks.c.priority.desc(),
-    tasks.c.seq,
-    sqlite_where=text(f"{RUNNING_SQL} AND max_workers > 1"),
-    postgresql_where=text(f"{RUNNING_SQL} AND max_workers > 1"),
-)
+_partial_for: set[str] = set()
+_partial_lock = threading.Lock()
+
+
+def partial_indexes(dialect: str) -> None:
+    """Attach the partial indexes to ``tasks`` with their ``WHERE`` for ``dialect`` (and
+    every dialect asked for before), before anything creates them.
+
+    Built on demand, not at import: a ``postgresql_where`` makes SQLAlchemy import its
+    PostgreSQL dialect with every driver module (asyncpg and asyncio among them, about
+    0.1 s), which a SQLite user's every command would pay at start-up."""
+    with _partial_lock:
+        if dialect in _partial_for:
+            return
+        _partial_for.add(dialect)
+        for index in [i for i in tasks.indexes if i.name in {p[0] for p in _PARTIAL}]:
+            tasks.indexes.discard(index)
+        for name, columns, where in _PARTIAL:
+            exprs = [tasks.c[c[1:]].desc() if c[0] == "-" else tasks.c[c] for c in columns]
+            Index(name, *exprs, **{f"{d}_where": text(where) for d in sorted(_partial_for)})
+
 
 edges = Table(
     "lauf_edges",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import text
@@ -279,3 +281,28 @@ def test_listeners_see_every_committed_transition_and_no_rolled_back_one(db_url)
     assert seen == []  # rolled back: never reported
     assert states(store)["b"] == S.PENDING
     store.dispose()
+
+
+def test_partial_indexes_on_every_dialect(db_url) -> None:
+    """Built for the dialect in use (see schema.partial_indexes), with their WHERE."""
+    store = make(db_url, [TaskSpec("t")])
+    with store.read() as conn:
+        if conn.dialect.name == "sqlite":
+            rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type='index'")
+        else:
+            rows = conn.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes")
+        found = {name: sql for name, sql in rows if name.startswith("ix_tasks_")}
+    names = {"ix_tasks_ready", "ix_tasks_todo", "ix_tasks_running", "ix_tasks_failed"}
+    assert names | {"ix_tasks_joinable"} <= set(found)
+    assert all("WHERE" in sql.upper() for sql in found.values()), found
+
+
+def test_a_sqlite_user_never_loads_the_postgresql_dialect(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "from lauf_dvc.scheduler.store import Store\n"
+        f"Store('sqlite:///{tmp_path / 'x.sqlite'}').counts()\n"
+        "print('sqlalchemy.dialects.postgresql' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

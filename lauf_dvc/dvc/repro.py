@@ -7,6 +7,7 @@ local and cluster runs share one code path; this process only syncs and watches.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -246,6 +247,8 @@ def _run_workers(
     logs = project.lauf_dir / "workers"
     logs.mkdir(parents=True, exist_ok=True)
     store.dispose()  # no pooled connection may cross a fork (SQLite forbids it)
+    if fork:  # what is loaded by now (DVC, the pipeline) lives on: no collection walks it
+        gc.freeze()  # again, in the parent or in the workers (nor copies their pages)
     procs: list[_Proc] = []
     try:
         for i in range(jobs):

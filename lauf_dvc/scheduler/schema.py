@@ -10,6 +10,7 @@ claim never looks at dependencies.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -113,7 +114,8 @@ def partial_indexes(dialect: str) -> None:
             tasks.indexes.discard(index)
         for name, columns, where in _PARTIAL:
             exprs = [tasks.c[c[1:]].desc() if c[0] == "-" else tasks.c[c] for c in columns]
-            Index(name, *exprs, **{f"{d}_where": text(where) for d in sorted(_partial_for)})
+            wheres: dict[str, Any] = {f"{d}_where": text(where) for d in sorted(_partial_for)}
+            Index(name, *exprs, **wheres)
 
 
 edges = Table(

@@ -210,14 +210,16 @@ def start_points(base: Path, w: Workload, tools: list[str]) -> dict[str, Path]:
 
 def prepare(tool: str, start: Path, dest: Path, w: Workload) -> None:
     """A fresh copy of ``start`` for ``tool``, brought to the workload's starting point
-    untimed: the change made; DVC's hash cache warmed (the copy has new inodes) by a
-    ``dvc status``, as it is after the run that reproduced it."""
+    untimed: the change made; what the tool keeps between runs made valid again for the
+    copy (new inodes and ctimes) by one status, as it is after the run that reproduced
+    it: ``dvc status`` (DVC's hash cache), ``lauf-dvc status`` (that and lauf's pipeline
+    snapshot and stored verdicts)."""
     shutil.copytree(start, dest, symlinks=True)
     if w.before == "none":
         return
     if tool != "snakemake":
-        subprocess.run([str(BIN / "dvc"), "status", "-q"], cwd=dest, env=ENV,
-                       capture_output=True)  # fmt: skip
+        status = [str(BIN / ("lauf-dvc" if tool == "lauf" else "dvc")), "status"]
+        run(status + (["-q"] if tool == "dvc" else []), dest)
     if w.change:
         (dest / w.change).write_text("changed\n")
         if tool == "snakemake":  # Snakemake goes by mtimes: make the change newer

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.commit.lockfile import entry_text, parse_entry
+from lauf_dvc.dvc.load.speedups import RACY, copy_yaml
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-RACY = 2.0  # seconds: a file changed this recently is read again
 _DEFAULT_PARAMS = "params.yaml"  # dvc/dependency/param.py ParamsDependency.DEFAULT_PARAMS_FILE
 
 
@@ -148,12 +148,4 @@ class StageLoader:
             if len(self._entries) > 10_000:
                 self._entries.clear()
             hit = self._entries[block] = parsed
-        return _copy(hit[1])
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
+        return copy_yaml(hit[1])

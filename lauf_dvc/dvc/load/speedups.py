@@ -192,13 +192,13 @@ class _YamlCache:
         key = (path, id(schema))
         hit = self.files.get(key)
         if hit is not None and hit[0] == text:
-            return _copy(hit[1]), text
+            return copy_yaml(hit[1]), text
         data = self._lockfile(text, schema) if path.endswith("dvc.lock") else None
         if data is None:
             data, text = self.real(path, schema, fs, encoding)
         if len(self.files) > 256:
             self.files.clear()
-        self.files[key] = (text, _copy(data))
+        self.files[key] = (text, copy_yaml(data))
         return data, text
 
     def _lockfile(self, text: str, schema: Any) -> dict[str, Any] | None:
@@ -223,18 +223,18 @@ class _YamlCache:
                 hit = self.entries[block] = parsed
             if hit[0] in stages:  # a duplicate key: DVC's parser refuses the file
                 return None
-            stages[hit[0]] = _copy(hit[1])
+            stages[hit[0]] = copy_yaml(hit[1])
         if len(self.entries) > 100_000:
             self.entries.clear()
         return {"schema": "2.0", "stages": stages}
 
 
-def _copy(value: Any) -> Any:
+def copy_yaml(value: Any) -> Any:
     """A deep copy of parsed YAML (dicts, lists, scalars), much faster than ``deepcopy``."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: copy_yaml(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [copy_yaml(v) for v in value]
     return value
 
 

@@ -174,7 +174,17 @@ def _probe_stage_loader() -> bool:
 def _probe_dulwich() -> bool:
     from dulwich import ignore
 
-    return callable(ignore.IgnoreFilter.append_pattern)
+    manager = ignore.IgnoreFilterManager("/", [], False)
+    patterns = ignore.IgnoreFilter([b"/x", b"!y"]).patterns
+    return (
+        callable(ignore.IgnoreFilter.append_pattern)
+        and isinstance(manager._path_filters, dict)
+        and manager._global_filters == []
+        and manager._ignorecase is False
+        and manager._top_path == "/"
+        and [p.is_exclude for p in patterns] == [True, False]
+        and callable(ignore.read_ignore_patterns)
+    )
 
 
 ITEMS: tuple[Item, ...] = (
@@ -233,8 +243,11 @@ ITEMS: tuple[Item, ...] = (
          "dvc.dependency.param.load_path: a params file parsed once per status pass, not "
          "once per stage using it", "parsed once per stage", _probe_params),
     Item("dulwich-ignore", "speed", "3.61",
-         "dulwich.ignore.IgnoreFilter.append_pattern (under DVC's scmrepo): .gitignore "
-         "lines compiled once per process", "compiled for each output checked",
+         "dulwich.ignore.IgnoreFilter.append_pattern and IgnoreFilterManager's "
+         "_path_filters, _global_filters, _ignorecase (under DVC's scmrepo): .gitignore "
+         "lines compiled once per process, DVC's own lines looked up in a set "
+         "(lauf_dvc/dvc/commit/gitignore.py)", "every line compiled and matched for each "
+         "output checked",
          _probe_dulwich),
     Item("repo-reset", "speed", "3.61",
          "Repo._reset (run whenever DVC's repository lock is taken or released) and "

@@ -62,11 +62,20 @@ def _top_key_after(text: str, start: int) -> int:
     return found.start() + 1 if found else len(text)
 
 
-def dump_entry(stage: PipelineStage) -> bool:
-    """Write ``stage``'s entry into its ``dvc.lock`` as ``stage.dump(update_pipeline=False)``
-    would; False (nothing written) where this fast path does not apply."""
+def rendered(stage: PipelineStage) -> tuple[dict[str, Any], str]:
+    """``stage``'s dvc.lock entry (``{name: data}``, DVC's ``to_lockfile``) and its lines
+    as DVC writes them (:func:`render`): made from the stage alone, so before taking
+    DVC's repository lock (rendering is most of an entry's cost)."""
     from dvc.stage.serialize import to_lockfile
 
+    entry = to_lockfile(stage)
+    return entry, render(entry)
+
+
+def dump_entry(stage: PipelineStage, entry: tuple[dict[str, Any], str] | None = None) -> bool:
+    """Write ``stage``'s entry (``entry``: from :func:`rendered`, or made now) into its
+    ``dvc.lock`` as ``stage.dump(update_pipeline=False)`` would; False (nothing written)
+    where this fast path does not apply."""
     lockfile = compat.lockfile_of(stage.dvcfile)
     fs = stage.repo.fs
     try:
@@ -74,8 +83,8 @@ def dump_entry(stage: PipelineStage) -> bool:
             text = fd.read()
     except FileNotFoundError:
         return False  # DVC writes the header ("Generating lock file"): let it
-    entry = to_lockfile(stage)
-    spliced = splice(text, stage.name, entry)
+    data, block = entry if entry is not None else rendered(stage)
+    spliced = splice(text, stage.name, data, block)
     if spliced is None:
         return False
     new_text, modified = spliced
@@ -88,9 +97,12 @@ def dump_entry(stage: PipelineStage) -> bool:
     return True
 
 
-def splice(text: str, name: str, entry: dict[str, Any]) -> tuple[str, bool] | None:
-    """``text`` (a ``dvc.lock``) with ``entry`` (``{name: data}``) put in, and whether the
-    entry changed; None if ``text`` does not have the shape DVC writes."""
+def splice(
+    text: str, name: str, entry: dict[str, Any], block: str | None = None
+) -> tuple[str, bool] | None:
+    """``text`` (a ``dvc.lock``) with ``entry`` (``{name: data}``; ``block``: its
+    :func:`render`, if made already) put in, and whether the entry changed; None if
+    ``text`` does not have the shape DVC writes."""
     if not text.endswith("\n") or _has_comment_or_tab(text):
         return None
     start = text.find("\n" + _HEADER)
@@ -98,7 +110,7 @@ def splice(text: str, name: str, entry: dict[str, Any]) -> tuple[str, bool] | No
         return None
     start += 1 + len(_HEADER)  # first character of the first entry
     end = _top_key_after(text, start)  # the end of the stages block
-    block = render(entry)
+    block = render(entry) if block is None else block
     key_line = block[: block.index("\n") + 1]
     if not _KEY_LINE.fullmatch(key_line[:-1]):
         return None  # e.g. a "? " key (longer than 128 characters)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from lauf_dvc.dvc import compat, repolock
-from lauf_dvc.dvc.commit import atomic, lockfile
+from lauf_dvc.dvc.commit import atomic, gitignore, lockfile
 from lauf_dvc.dvc.load import single, speedups
 from lauf_dvc.dvc.load.pipeline import (
     address_of,
@@ -540,8 +540,9 @@ def _finish(job: _Job, prepared: _Prepared) -> StageResult:
         fault("before-commit", job.address)
         with contextlib.chdir(job.repo.root_dir), _ignores_deferred(stage):
             _save(job, stage)
+            entry = lockfile.rendered(stage)  # the stage's alone: before the lock
         with locked(job.repo):
-            _record(job, stage, ignore=True)
+            _record(job, stage, ignore=True, entry=entry)
             prepared.paths.release()
     except (DvcException, OSError) as exc:
         why = reword(exc, job.repo.root_dir)
@@ -552,8 +553,8 @@ def _finish(job: _Job, prepared: _Prepared) -> StageResult:
 def _commit(job: _Job, stage: PipelineStage) -> None:
     """The end of ``Stage.run`` plus ``_reproduce_stage``'s dump, all under the lock the
     caller holds (a frozen stage, a run-cache restore)."""
-    with job.repo.scm_context(quiet=True):
-        _save(job, stage)
+    with job.repo.scm_context(quiet=True), gitignore.fast(job.repo):
+        _save(job, stage)  # (Output.save adds the output to .gitignore)
         _record(job, stage, ignore=False)
 
 
@@ -575,7 +576,9 @@ def _save(job: _Job, stage: PipelineStage) -> None:
             compat.commit_unlocked(stage, allow_missing=opts.allow_missing)  # hold
 
 
-def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
+def _record(
+    job: _Job, stage: PipelineStage, *, ignore: bool, entry: tuple[Any, str] | None = None
+) -> None:
     """Under the repository lock: the outputs' ``.gitignore`` entries (if ``_save`` ran
     with them deferred) and the stage's ``dvc.lock`` entry.
 
@@ -583,12 +586,15 @@ def _record(job: _Job, stage: PipelineStage, *, ignore: bool) -> None:
     independent of the file's size) or, where that does not apply, by DVC. Either way it
     replaces dvc.lock atomically (see :mod:`lauf_dvc.dvc.commit.atomic`), so a worker killed
     anywhere in here leaves the stage without an entry (or with its old one) and its
-    outputs changed: DVC sees it as changed and it runs again.
+    outputs changed: DVC sees it as changed and it runs again. ``entry``: the entry made
+    already (:func:`lauf_dvc.dvc.commit.lockfile.rendered`).
     """
     with job.repo.scm_context(quiet=True):  # .gitignore entries for the outputs, autostage
         if ignore:
-            stage.ignore_outs()
-        _dump(job, stage, lambda: lockfile.dump_entry(stage) or stage.dump(update_pipeline=False))
+            with gitignore.fast(job.repo):
+                stage.ignore_outs()
+        write = lambda: lockfile.dump_entry(stage, entry) or stage.dump(update_pipeline=False)  # noqa: E731
+        _dump(job, stage, write)
 
 
 def _dump(job: _Job, stage: Stage, write: Any) -> None:

@@ -112,6 +112,18 @@ def _probe_rwlock() -> bool:
     )
 
 
+def _probe_rwlock_reentrant() -> bool:
+    import dvc.stage.decorators
+    from dvc import rwlock
+
+    source = inspect.getsource(dvc.stage.decorators)
+    return (
+        "from dvc.rwlock import rwlock" in source  # looked up at each call
+        and 'cmd = " ".join(sys.argv)' in source
+        and _params(rwlock.rwlock, "tmp_dir", "fs", "cmd", "read", "write", "hardlink")
+    )
+
+
 def _probe_dump_yaml() -> bool:
     import dvc.dvcfile
 
@@ -221,6 +233,11 @@ ITEMS: tuple[Item, ...] = (
          "@rwlocked around Stage.reproduce does; the paths as dvc/stage/decorators.py "
          "_chain lists them) and dvc.rwlock.make_lock (break a path-lock file a dead "
          "worker left)", "DVC's public path", _probe_rwlock),
+    Item("rwlock-reentrant", "speed", "3.61",
+         "dvc.rwlock.rwlock, looked up by @rwlocked (dvc/stage/decorators.py) at each "
+         "call: DVC's methods called while lauf holds the stage's path locks pass without "
+         "editing .dvc/tmp/rwlock", "two edits of .dvc/tmp/rwlock for each such call "
+         "(about eight a stage)", _probe_rwlock_reentrant),
     Item("dvcfile-dump-yaml", "fast", "3.61",
          "dvc.dvcfile.dump_yaml: give a .dvc file's dump repo.fs, so it is replaced "
          "atomically", "DVC's public path", _probe_dump_yaml),

@@ -4,6 +4,7 @@ process, and its rwlock entries, are gone (seen in the soak test)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -35,3 +36,37 @@ def test_a_stage_waits_for_paths_held_for_a_moment(dvc_repo) -> None:
     holder.wait(timeout=30)
     assert res.code == 0, res.out + res.err
     assert (root / "out.txt").read_text() == "hi\n"
+
+
+def test_dvc_methods_under_held_path_locks_leave_the_rwlock_file_alone(dvc_repo) -> None:
+    """While a worker holds a stage's path locks, DVC's ``@rwlocked`` methods on that
+    stage ask for nothing new: they pass without an edit of ``.dvc/tmp/rwlock`` (each
+    edit replaces it: a new inode); a stage whose paths are not held edits it as DVC does."""
+    from lauf_dvc.dvc.load.pipeline import locked
+    from lauf_dvc.dvc.run.runner import StageRunner, _PathLocks, collect_stage
+
+    root = dvc_repo({"in.txt": "x\n", "dvc.yaml": dvc_yaml({
+        "s": {"cmd": "cp in.txt out.txt", "deps": ["in.txt"], "outs": ["out.txt"]},
+        "t": {"cmd": "cp out.txt t.txt", "deps": ["out.txt"], "outs": ["t.txt"]},
+    })})  # fmt: skip
+    rwlock = root / ".dvc" / "tmp" / "rwlock"
+
+    def seen() -> tuple[int, int]:
+        st = rwlock.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    with StageRunner(root) as runner:
+        repo = runner.repo
+        with locked(repo):
+            stage, other = collect_stage(repo, "s"), collect_stage(repo, "t")
+            paths = _PathLocks(repo, stage)
+            paths.acquire()
+            held = seen()
+            assert stage.changed()  # never ran; changed, changed_deps, changed_outs
+            stage.remove_outs(ignore_remove=False, force=False)
+            assert seen() == held
+            other.changed()  # its paths are not held: DVC's own edits
+            assert seen() != held
+            paths.release()
+            left = json.loads(rwlock.read_text())
+            assert not any(left.get(mode) for mode in ("read", "write")), left

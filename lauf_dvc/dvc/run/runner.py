@@ -667,22 +667,68 @@ class _PathLocks:
     def __init__(self, repo: Repo, stage: PipelineStage) -> None:
         from dvc.rwlock import rwlock
 
+        _reentrant_rwlock()
         paths = compat.rwlock_paths
         hardlink = repolock.uses_hardlink(repo)
         cmd = " ".join(sys.argv)  # what @rwlocked uses: the same owner re-enters
+        read, write = paths(stage.deps), paths(stage.outs)
+        self._key = (os.getpid(), repo.tmp_dir, cmd)
+        self._paths = (frozenset(read), frozenset(write))
         self._cm: AbstractContextManager[None] = rwlock(
-            repo.tmp_dir, repo.fs, cmd, paths(stage.deps), paths(stage.outs), hardlink
+            repo.tmp_dir, repo.fs, cmd, read, write, hardlink
         )
         self.held = False
 
     def acquire(self) -> None:
         self._cm.__enter__()
         self.held = True
+        _HELD[self._key] = self._paths
 
     def release(self) -> None:
         if self.held:
             self.held = False
+            _HELD.pop(self._key, None)
             self._cm.__exit__(None, None, None)
+
+
+#: The path locks this process holds through :class:`_PathLocks`:
+#: (pid, tmp_dir, cmd) -> (paths read, paths written).
+_HELD: dict[tuple[int, str, str], tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def _reentrant_rwlock() -> None:
+    """DVC's ``@rwlocked`` methods called while :class:`_PathLocks` holds the stage's
+    paths (``Stage.changed`` and the two it calls, ``remove_outs``, ``checkout``...) lock
+    nothing new: the same owner (pid and command line) already holds every path they ask
+    for. DVC still edits ``.dvc/tmp/rwlock`` twice for each (take its lock file, read and
+    validate the JSON, write it back), adding entries that can block no one and removing
+    them again: eight edits per stage, under DVC's repository lock. Here such a call
+    passes at once, leaving the file as it would be after it. Anything not already held
+    goes to DVC's ``rwlock`` as before. Once per process (compat item
+    ``rwlock-reentrant``)."""
+    import dvc.rwlock
+
+    real = dvc.rwlock.rwlock
+    if getattr(real, "lauf_reentrant", False) or not compat.enabled("rwlock-reentrant"):
+        return
+
+    @contextmanager
+    def rwlock(
+        tmp_dir: str, fs: Any, cmd: str, read: Any, write: Any, hardlink: Any
+    ) -> Iterator[None]:
+        held = _HELD.get((os.getpid(), tmp_dir, cmd))
+        if (
+            held is not None
+            and held[1].issuperset(write)
+            and held[0].union(held[1]).issuperset(read)
+        ):
+            yield
+            return
+        with real(tmp_dir, fs, cmd, read, write, hardlink):
+            yield
+
+    rwlock.lauf_reentrant = True  # type: ignore[attr-defined]
+    dvc.rwlock.rwlock = rwlock
 
 
 def pull_run_cache(root: str | Path) -> None:

@@ -288,3 +288,26 @@ def test_unknown_targets_are_one_line_errors(repo, target, words) -> None:
 def test_not_a_dvc_repository(tmp_path) -> None:
     with pytest.raises(PipelineError, match="dvc init"):
         load_pipeline(tmp_path)
+
+
+def test_outputs_overlap_as_checked_one_by_one() -> None:
+    """``_Produced.overlaps`` (the start-up check of every dep against every output, in
+    time independent of the number of outputs) answers as ``_overlaps`` against each."""
+    import random
+
+    from lauf_dvc.dvc.load.pipeline import _overlaps, _Produced
+
+    rng = random.Random(1)
+    names = ["a", "b", "ab", "a.txt", "d"]
+
+    def path() -> str:
+        return "/".join(rng.choice(names) for _ in range(rng.randint(1, 3))) + rng.choice(
+            ["", "", "/"]
+        )
+
+    for _ in range(300):
+        outs = [path() for _ in range(rng.randint(0, 6))]
+        produced = _Produced(outs)
+        for _ in range(20):
+            dep = path()
+            assert produced.overlaps(dep) == any(_overlaps(dep, o) for o in outs), (dep, outs)

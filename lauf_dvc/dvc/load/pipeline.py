@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -192,7 +192,7 @@ def missing_inputs(root: str | Path, stages: Sequence[StageInfo]) -> list[str]:
     Frozen stages are left out (their deps are not read), and so are deps outside the
     repository or not local (URLs, imports).
     """
-    outs = [out for stage in stages for out in stage.outs]
+    outs = _Produced(out for stage in stages for out in stage.outs)
     missing: dict[str, list[str]] = {}
     for stage in stages:
         if stage.frozen or not stage.is_pipeline:
@@ -202,7 +202,7 @@ def missing_inputs(root: str | Path, stages: Sequence[StageInfo]) -> list[str]:
                 "://" not in dep
                 and not dep.startswith("..")
                 and not os.path.lexists(os.path.join(root, dep))
-                and not any(_overlaps(dep, out) for out in outs)
+                and not outs.overlaps(dep)
             ):
                 missing.setdefault(stage.address, []).append(dep)
     lines = [
@@ -214,7 +214,7 @@ def missing_inputs(root: str | Path, stages: Sequence[StageInfo]) -> list[str]:
     return lines + _missing_params(Path(root), stages, outs)
 
 
-def _missing_params(root: Path, stages: Sequence[StageInfo], outs: list[str]) -> list[str]:
+def _missing_params(root: Path, stages: Sequence[StageInfo], outs: _Produced) -> list[str]:
     """A warning per stage whose ``params`` name a key its params file lacks (DVC:
     "Parameters ... are missing" when the stage runs). Files a stage produces, or that
     do not parse, are left to DVC."""
@@ -229,7 +229,7 @@ def _missing_params(root: Path, stages: Sequence[StageInfo], outs: list[str]) ->
             continue
         for entry in stage.params:
             path, _, key = entry.partition(":")
-            if not key or any(_overlaps(path, out) for out in outs):
+            if not key or outs.overlaps(path):
                 continue
             if path not in loaded:
                 try:
@@ -258,6 +258,30 @@ def _has_key(values: Any, key: str) -> bool:
 
 def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+class _Produced:
+    """The outputs of the selected stages, for :func:`_overlaps` against all of them in
+    time independent of their number (a dep checked against each output in turn made
+    the start of a 10,000-stage run quadratic: minutes)."""
+
+    def __init__(self, outs: Iterable[str]) -> None:
+        self.exact: set[str] = set()
+        self.folders: set[str] = set()  # every folder an output is in
+        for out in outs:
+            self.exact.add(out)
+            parts = out.rstrip("/").split("/")
+            self.exact.add("/".join(parts))
+            self.folders.update("/".join(parts[:n]) for n in range(1, len(parts)))
+
+    def overlaps(self, path: str) -> bool:
+        """``any(_overlaps(path, out) for out in outs)``."""
+        if path in self.exact:
+            return True
+        parts = path.rstrip("/").split("/")
+        if "/".join(parts) in self.folders:  # an output is inside path
+            return True
+        return any("/".join(parts[:n]) in self.exact for n in range(1, len(parts) + 1))
 
 
 # -- DVC plumbing shared with the runner ------------------------------------------------

@@ -184,8 +184,9 @@ def run(cmd: list[str], cwd: Path) -> tuple[float, float]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.exit(f"{shlex.join(cmd)} in {cwd} failed ({proc.returncode}):\n"
-                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")  # fmt: skip
+        kept = _keep(cwd)
+        sys.exit(f"{shlex.join(cmd)} failed ({proc.returncode}); its repository, logs and "
+                 f"all, kept in {kept}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")  # fmt: skip
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
@@ -227,23 +228,32 @@ def prepare(tool: str, start: Path, dest: Path, w: Workload) -> None:
             os.utime(dest / w.change, (later, later))
 
 
+def _keep(root: Path) -> Path:
+    """Move a failed run's directory out of the bench's temporary one (removed on exit),
+    so its logs can be read."""
+    kept = Path(tempfile.mkdtemp(prefix="lauf-bench-failed-")) / root.name
+    shutil.move(root, kept)
+    return kept
+
+
 def check(tool: str, root: Path, w: Workload) -> None:
     """The run left a finished pipeline, or the bench stops."""
     if tool == "snakemake":
         dry = subprocess.run([SNAKEMAKE, "all", "-n", "--cores", "1"], cwd=root,
                              env=ENV, capture_output=True, text=True)  # fmt: skip
         if dry.returncode != 0 or "Nothing to be done" not in dry.stdout + dry.stderr:
-            sys.exit(f"snakemake left work in {root}:\n{dry.stdout[-2000:]}{dry.stderr[-2000:]}")
+            kept = _keep(root)
+            sys.exit(f"snakemake left work in {kept}:\n{dry.stdout[-2000:]}{dry.stderr[-2000:]}")
         return
     from ruamel.yaml import YAML
 
     status = subprocess.run([str(BIN / "dvc"), "status", "-q"], cwd=root, env=ENV,
                             capture_output=True, text=True)  # fmt: skip
     if status.returncode != 0:
-        sys.exit(f"{tool}: dvc status not clean in {root}")
+        sys.exit(f"{tool}: dvc status not clean in {_keep(root)}")
     lock = YAML(typ="safe").load((root / "dvc.lock").read_text())
     if set(lock["stages"]) != set(w.stages):
-        sys.exit(f"{tool}: dvc.lock in {root} has {len(lock['stages'])} entries, "
+        sys.exit(f"{tool}: dvc.lock in {_keep(root)} has {len(lock['stages'])} entries, "
                  f"not {len(w.stages)}")  # fmt: skip
 
 

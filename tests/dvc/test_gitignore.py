@@ -129,8 +129,27 @@ def test_dvcs_own_lines_are_not_compiled(tmp_path: Path) -> None:
     assert fast.is_ignored(str(root / "out" / "o1999.txt")) is True
     assert fast.is_ignored(str(root / "out" / "new.txt")) is False
     assert fast.is_ignored(str(root / "out" / "x.log")) is True
-    (compiled,) = fast._filters.values()
-    assert [p.pattern for p in compiled.patterns] == [b"*.log"]
+    assert [p.pattern for p in fast._filters[(b"*.log",)].patterns] == [b"*.log"]
     for path in ["out/o5.txt", "out/new.txt", "out/x.log", "out/f.txt"]:
         scm._reset()
         assert fast.is_ignored(str(root / path)) == scm.is_ignored(str(root / path)), path
+
+
+def test_lines_added_or_changed_are_seen(tmp_path: Path) -> None:
+    """A .gitignore DVC appended to is split again from where it was read last; one
+    rewritten otherwise, whole: the answers follow either way."""
+    root = tmp_path / "repo"
+    scm = _git_repo(root)
+    gitignore = root / "out" / ".gitignore"
+    gitignore.write_text("/f.txt\n")
+    path = str(root / "out" / "new.txt")
+    assert FastIgnores(scm).is_ignored(path) is False
+    with gitignore.open("a") as f:
+        f.write("/new.txt\n")
+    assert FastIgnores(scm).is_ignored(path) is True
+    gitignore.write_text("*.csv\n")  # not an append
+    assert FastIgnores(scm).is_ignored(path) is False
+    gitignore.write_text("*.csv\n*.txt\n")  # a user's pattern appended
+    assert FastIgnores(scm).is_ignored(path) is True
+    gitignore.write_text("*.csv\n*.txt\n!new.txt\n")  # a negation appended
+    assert FastIgnores(scm).is_ignored(path) is None

@@ -60,6 +60,17 @@ def _is_literal(line: bytes) -> bool:
     return all(part not in (b"", b".", b"..") for part in line[1:].split(b"/"))
 
 
+class _Parsed:
+    __slots__ = ("data", "literals", "others")
+
+    def __init__(self, data: bytes, literals: frozenset[bytes], others: tuple[bytes, ...]):
+        self.data, self.literals, self.others = data, literals, others
+
+
+_FILTERS: dict[tuple[bytes, ...], Any] = {}
+_READ: dict[bytes, _Parsed] = {}
+
+
 class FastIgnores:
     """One repository's ``is_ignored``, fast where it can be (see the module's text)."""
 
@@ -74,7 +85,9 @@ class FastIgnores:
         self._globals: list[Any] = list(full._global_filters)
         self._ignorecase = bool(full._ignorecase)
         self._negated = any(not p.is_exclude for f in self._globals for p in f.patterns)
-        self._filters: dict[tuple[bytes, ...], Any] = {}  # the other lines -> their filter
+        # kept from one instance (one stage) to the next: both are keyed by content
+        self._filters = _FILTERS  # the other lines -> their dulwich filter
+        self._read = _READ  # .gitignore path -> what it held, split
 
     def is_ignored(self, path: str) -> bool | None:
         """Whether git ignores ``path`` (absolute), as scmrepo's ``is_ignored`` answers;
@@ -114,7 +127,8 @@ class FastIgnores:
                 return None  # a symlinked .gitignore: dulwich skips it with a warning
             raise
         with os.fdopen(fd, "rb") as f:
-            literals, others = _split(f.read())
+            data = f.read()
+        literals, others = self._parsed(path, data)
         if not others:
             return literals, None
         compiled = self._filters.get(others)
@@ -127,6 +141,22 @@ class FastIgnores:
             compiled = self._filter_cls(patterns, False, path=os.fsdecode(path))
             self._filters[others] = compiled
         return literals, compiled
+
+    def _parsed(self, path: bytes, data: bytes) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
+        """``_split(data)``; where ``data`` only added lines to what this file held when
+        last read (DVC appends), only those lines are split."""
+        last = self._read.get(path)
+        if last is not None and last.data == data:
+            return last.literals, last.others
+        if last is not None and last.data.endswith(b"\n") and data.startswith(last.data):
+            more_literals, more_others = _split(data[len(last.data) :])
+            parsed = _Parsed(data, last.literals | more_literals, last.others + more_others)
+        else:
+            parsed = _Parsed(data, *_split(data))
+        if len(self._read) >= _CACHE_SIZE:
+            self._read.clear()
+        self._read[path] = parsed
+        return parsed.literals, parsed.others
 
 
 @contextmanager

@@ -124,6 +124,20 @@ def _probe_rwlock_reentrant() -> bool:
     )
 
 
+def _probe_reflink() -> bool:
+    import sys
+
+    from dvc_objects.fs import local, system, utils
+
+    if sys.platform != "linux":
+        return False  # macOS clonefile never truncates an existing destination
+    return (
+        "O_TRUNC" in inspect.getsource(getattr(system.reflink, "lauf_real", system.reflink))
+        and "system.reflink(" in inspect.getsource(local.FsspecLocalFileSystem.reflink)
+        and "system.reflink(" in inspect.getsource(utils.copyfile)
+    )
+
+
 def _probe_dump_yaml() -> bool:
     import dvc.dvcfile
 
@@ -238,6 +252,11 @@ ITEMS: tuple[Item, ...] = (
          "call: DVC's methods called while lauf holds the stage's path locks pass without "
          "editing .dvc/tmp/rwlock", "two edits of .dvc/tmp/rwlock for each such call "
          "(about eight a stage)", _probe_rwlock_reentrant),
+    Item("reflink-atomic", "speed", "3.61",
+         "dvc_objects.fs.system.reflink (Linux; looked up by LocalFileSystem.reflink and "
+         "copyfile at each call): a failed clone never truncates or deletes an existing "
+         "cache object another worker just added", "workers committing identical "
+         "outputs at once may fail one stage (DVC's own reflink)", _probe_reflink),
     Item("dvcfile-dump-yaml", "fast", "3.61",
          "dvc.dvcfile.dump_yaml: give a .dvc file's dump repo.fs, so it is replaced "
          "atomically", "DVC's public path", _probe_dump_yaml),

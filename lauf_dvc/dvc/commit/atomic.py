@@ -102,6 +102,41 @@ def install(repo: Repo) -> AtomicFiles:
     return shim
 
 
+def safe_reflink() -> None:
+    """Make dvc_objects' ``reflink`` leave an existing destination alone when it fails.
+
+    On Linux it opens the destination with ``O_CREAT | O_TRUNC`` and unlinks it when the
+    clone fails (always, on ext4), and DVC's cache add tries it straight onto the
+    object's final path. DVC commits one stage at a time; lauf's workers commit at once,
+    outside DVC's repository lock, so two stages writing the same bytes raced: one
+    worker's attempt truncated and deleted the object the other had just added, whose
+    relink then failed ("unable to remove ... without a confirmation"). Here the clone
+    goes to a temporary name beside the destination and replaces it only when made: the
+    same file in the end, never an empty or missing one meanwhile. Once per process
+    (compat item ``reflink-atomic``)."""
+    from dvc_objects.fs import system
+
+    from lauf_dvc.dvc import compat
+
+    real = system.reflink
+    if getattr(real, "lauf_atomic", False) or not compat.enabled("reflink-atomic"):
+        return
+
+    def reflink(src: Any, dst: Any) -> None:
+        tmp = f"{os.fspath(dst)}.{uuid.uuid4().hex[:12]}.lauf.tmp"
+        real(src, tmp)  # on failure it removes tmp itself, and raises
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    reflink.lauf_atomic = True  # type: ignore[attr-defined]
+    reflink.lauf_real = real  # type: ignore[attr-defined]  (what compat's probe reads)
+    system.reflink = reflink
+
+
 class _AtomicWriter:
     """A file object on a temporary file that replaces ``target`` on a clean close."""
 

@@ -157,6 +157,7 @@ class StageRunner:
             speedups.keep_between_locks(self._repo)
             if compat.fast_path():  # dvc.lock: old or new, never torn
                 self._atomic = atomic.install(self._repo)
+            atomic.safe_reflink()  # workers commit at once: no object deleted meanwhile
         return self._repo
 
     def close(self) -> None:

@@ -133,7 +133,7 @@ def safe_reflink() -> None:
             raise
 
     reflink.lauf_atomic = True  # type: ignore[attr-defined]
-    reflink.lauf_real = real  # type: ignore[attr-defined]  (what compat's probe reads)
+    reflink.lauf_real = real  # type: ignore[attr-defined]
     system.reflink = reflink
 
 

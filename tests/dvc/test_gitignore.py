@@ -153,3 +153,15 @@ def test_lines_added_or_changed_are_seen(tmp_path: Path) -> None:
     assert FastIgnores(scm).is_ignored(path) is True
     gitignore.write_text("*.csv\n*.txt\n!new.txt\n")  # a negation appended
     assert FastIgnores(scm).is_ignored(path) is None
+
+
+def test_a_deeper_negation_is_seen_before_a_listed_literal(tmp_path: Path) -> None:
+    """git: the deeper .gitignore's ``!x.csv`` re-includes what the root's literal line
+    excluded, so this cannot answer from the literal alone."""
+    root = tmp_path / "repo"
+    scm = _git_repo(root)
+    (root / ".gitignore").write_text("/sub/x.csv\n")
+    (root / "sub" / ".gitignore").write_text("!x.csv\n")
+    path = str(root / "sub" / "x.csv")
+    assert FastIgnores(scm).is_ignored(path) is None
+    assert scm.is_ignored(path) is False

@@ -60,6 +60,20 @@ def _is_literal(line: bytes) -> bool:
     return all(part not in (b"", b".", b"..") for part in line[1:].split(b"/"))
 
 
+def _negation_reaches(compiled: Any, below: list[bytes]) -> bool:
+    """Does a negated pattern of ``compiled`` match the path (``below``: its parts
+    relative to the filter's folder) or one of its parent folders?"""
+    negated = [p for p in compiled.patterns if not p.is_exclude]
+    if not negated:
+        return False
+    for n in range(1, len(below) + 1):
+        rel = b"/".join(below[:n])
+        for candidate in (rel, rel + b"/"):
+            if any(p.match(candidate) for p in negated):
+                return True
+    return False
+
+
 class _Parsed:
     __slots__ = ("data", "literals", "others")
 
@@ -99,19 +113,22 @@ class FastIgnores:
             return None
         parts = os.fsencode(rel).split(os.fsencode(os.sep))
         filters: dict[str, Any] = {}
+        found: list[frozenset[bytes]] = []
         for depth in range(len(parts)):  # the .gitignore of the root and of each folder
             folder = b"/".join(parts[:depth])
             loaded = self._load(folder)
             if loaded is None:
                 return None
             literals, others = loaded
+            if others is not None and _negation_reaches(others, parts[depth:]):
+                return None  # a negation that matches it or a parent (it may win in git)
+            found.append(literals)
+            filters[os.fsdecode(folder)] = others
+        for depth, literals in enumerate(found):  # no negation: any match ignores
             below = parts[depth:]
             for n in range(1, len(below) + 1):  # the path itself or a parent folder listed
                 if b"/".join(below[:n]) in literals:
                     return True
-            if others is not None and any(not p.is_exclude for p in others.patterns):
-                return None
-            filters[os.fsdecode(folder)] = others
         manager = self._manager_cls(self._top, self._globals, False)
         manager._path_filters.update(filters)  # dulwich loads no file itself
         return bool(manager.is_ignored(os.fsdecode(b"/".join(parts))))

@@ -494,3 +494,42 @@ def test_ctrl_c_twice_on_a_worker_kills_its_command_at_once(
     assert proc.poll() is None and alive(slow.pid)
     os.kill(proc.pid, signal.SIGINT)  # ...until Ctrl-C again: SIGKILL, fail, exit
     assert_interrupted(root, proc, slow, dvctools, capsys, only=False)
+
+
+# -- layer 1: the command dies with its worker ---------------------------------------------
+
+_DRIVER = """
+import sys
+from pathlib import Path
+from lauf_dvc.dvc.run import command
+if sys.argv[1] == "preexec":
+    command._setpriv = lambda: None  # the fallback: a preexec_fn sets the signal
+argv = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"]
+out = command.Output(Path(sys.argv[2]), None)
+command.run_command(argv, {}, out, address="s", records=Path(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("how", ["setpriv", "preexec"])
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_simple_command_dies_the_instant_its_worker_does(how, tmp_path) -> None:
+    """SIGKILL a process running a command: the kernel kills the command at once (no
+    other worker has to come and find it), with setpriv and with the preexec_fn."""
+    from lauf_dvc.dvc.run import command
+
+    if how == "setpriv" and command._setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig here")
+    log = tmp_path / "out.log"
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, how, str(log), str(tmp_path / "rec")])
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and log.read_text().strip()):
+        assert time.monotonic() < deadline and driver.poll() is None, "the command never started"
+        time.sleep(0.05)
+    pid = int(log.read_text().split()[0])
+    assert alive(pid)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 5
+    while alive(pid):
+        assert time.monotonic() < deadline, f"command {pid} outlived its worker ({how})"
+        time.sleep(0.05)

@@ -7,7 +7,9 @@ again. Three layers, cheapest first:
 1. The command runs in its own process group, and on Linux its first process gets
    ``PR_SET_PDEATHSIG``: the kernel SIGKILLs it the instant the worker dies. A simple
    command line (``python train.py``) is that process (the shell execs it), so it dies
-   with the worker.
+   with the worker. The signal is set by util-linux's ``setpriv``, which then execs the
+   shell (:func:`_with_death_signal`; a ``preexec_fn`` where it is missing). A worker
+   that dies between the spawn and that instant leaves its command to layer 2.
 2. Every process the command starts carries a token in its environment
    (``LAUF_DVC_RUN_TOKEN``), and a record of the running command (host, worker pid,
    token) lies in ``.dvc/tmp/lauf/commands/`` until the command ends. Before a stage
@@ -107,9 +109,10 @@ def run_command(
     env = {**kwargs.get("env", os.environ), TOKEN_ENV: token}
     record = _write_record(records, address, token)
     try:
+        argv, preexec = _with_death_signal(argv, env)
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            process_group=0, preexec_fn=_die_with(os.getpid()), **{**kwargs, "env": env},
+            process_group=0, preexec_fn=preexec, **{**kwargs, "env": env},
         )  # fmt: skip
     except BaseException:
         record.unlink(missing_ok=True)
@@ -235,6 +238,46 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _with_death_signal(
+    argv: str | list[str], env: dict[str, str]
+) -> tuple[str | list[str], Callable[[], None] | None]:
+    """``argv`` and the ``preexec_fn`` that make the kernel SIGKILL the command's first
+    process when this worker dies.
+
+    Through util-linux's ``setpriv --pdeathsig KILL`` where it works (it sets the signal
+    and execs the command line, in the same process): a ``preexec_fn`` makes Python fork
+    the whole worker instead of a vfork, about 10 ms and 5 ms of CPU per command for a
+    worker of DVC's size, measured. Otherwise (no setpriv, an old one, a shell given as a
+    string, a shell not found: Popen must raise as before) by the ``preexec_fn``."""
+    launcher = _setpriv()
+    if launcher is None or not isinstance(argv, list) or not argv:
+        return argv, _die_with(os.getpid())
+    import shutil
+
+    if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+        return argv, _die_with(os.getpid())
+    return [*launcher, *argv], None
+
+
+@functools.cache
+def _setpriv() -> list[str] | None:
+    """``setpriv --pdeathsig KILL --`` if this machine's setpriv has the option (util-linux
+    2.33 and later) and it runs, else None."""
+    import shutil
+
+    if not sys.platform.startswith("linux"):
+        return None
+    found = shutil.which("setpriv")
+    if found is None:
+        return None
+    launcher = [found, "--pdeathsig", "KILL", "--"]
+    try:
+        done = subprocess.run([*launcher, "true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return launcher if done.returncode == 0 else None
 
 
 def _die_with(parent: int) -> Callable[[], None] | None:

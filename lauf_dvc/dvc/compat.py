@@ -138,6 +138,20 @@ def _probe_reflink() -> bool:
     )
 
 
+def _probe_group_commit() -> bool:
+    from dvc.output import Output
+    from dvc.repo.scm_context import SCMContext
+
+    source = inspect.getsource(Output.ignore)
+    return (
+        _params(SCMContext.ignore, "path")
+        and _params(SCMContext.track_file, "paths")
+        and isinstance(inspect.getattr_static(Output, "use_scm_ignore"), property)
+        and "scm.is_tracked(self.fspath)" in source
+        and "scm_context.ignore(self.fspath)" in source
+    )
+
+
 def _probe_dump_yaml() -> bool:
     import dvc.dvcfile
 
@@ -257,6 +271,12 @@ ITEMS: tuple[Item, ...] = (
          "copyfile at each call): a failed clone never truncates or deletes an existing "
          "cache object another worker just added", "workers committing identical "
          "outputs at once may fail one stage (DVC's own reflink)", _probe_reflink),
+    Item("group-commit", "speed", "3.61",
+         "Output.ignore's two steps (scm.is_tracked, then scm_context.ignore; "
+         "Output.use_scm_ignore) and SCMContext.track_file: the worker holding DVC's "
+         "lock writes the .gitignore lines and dvc.lock entries of every saved stage "
+         "waiting for it, in one rewrite", "one dvc.lock rewrite per stage",
+         _probe_group_commit),
     Item("dvcfile-dump-yaml", "fast", "3.61",
          "dvc.dvcfile.dump_yaml: give a .dvc file's dump repo.fs, so it is replaced "
          "atomically", "DVC's public path", _probe_dump_yaml),

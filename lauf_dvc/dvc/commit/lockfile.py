@@ -117,6 +117,22 @@ def splice(
     """``text`` (a ``dvc.lock``) with ``entry`` (``{name: data}``; ``block``: its
     :func:`render`, if made already) put in, and whether the entry changed; None if
     ``text`` does not have the shape DVC writes."""
+    block = render(entry) if block is None else block
+    spliced = splice_many(text, [(name, entry, block)])
+    if spliced is None or spliced[1][0] is None:
+        return None
+    return spliced[0], spliced[1][0]
+
+
+def splice_many(
+    text: str, items: list[tuple[str, dict[str, Any] | None, str]]
+) -> tuple[str, list[bool | None]] | None:
+    """``text`` (a ``dvc.lock``) with each of ``items`` (name, ``{name: data}`` or None if
+    not known, :func:`render` of it) put in, in order, as that many :func:`splice` calls
+    would (the file's shape checked and its end found once: at 10,000 entries these scans
+    cost more than the rewrite), and per item whether its entry changed (None: that item
+    could not be put in here, e.g. a key DVC writes as ``? ``; data unknown: changed
+    unless its lines are the same). None if ``text`` does not have the shape DVC writes."""
     if not text.endswith("\n") or _has_comment_or_tab(text):
         return None
     start = text.find("\n" + _HEADER)
@@ -124,7 +140,22 @@ def splice(
         return None
     start += 1 + len(_HEADER)  # first character of the first entry
     end = _top_key_after(text, start)  # the end of the stages block
-    block = render(entry) if block is None else block
+    outcome: list[bool | None] = []
+    for name, entry, block in items:
+        spliced = _splice_one(text, start, end, name, entry, block)
+        if spliced is None:
+            outcome.append(None)
+            continue
+        new_text, modified = spliced
+        end += len(new_text) - len(text)
+        text = new_text
+        outcome.append(modified)
+    return text, outcome
+
+
+def _splice_one(
+    text: str, start: int, end: int, name: str, entry: dict[str, Any] | None, block: str
+) -> tuple[str, bool] | None:
     key_line = block[: block.index("\n") + 1]
     if not _KEY_LINE.fullmatch(key_line[:-1]):
         return None  # e.g. a "? " key (longer than 128 characters)
@@ -143,12 +174,14 @@ def splice(
             return text[:end] + block + text[end:], True
         next_key = _ANY_KEY.search(text, old_start + 1, end)
         old_end = next_key.start() if next_key else end
-        old = _load(text[old_start:old_end])
+        old_lines = text[old_start:old_end]
+        old = _load(old_lines)
     except YAMLError:
         return None
     if not isinstance(old, dict) or list(old) != [name]:
         return None
-    return text[:old_start] + block + text[old_end:], old[name] != entry[name]
+    modified = old_lines != block if entry is None else old[name] != entry[name]
+    return text[:old_start] + block + text[old_end:], modified
 
 
 def render(entry: dict[str, Any]) -> str:

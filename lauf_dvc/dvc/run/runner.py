@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from lauf_dvc.dvc import compat, repolock
-from lauf_dvc.dvc.commit import atomic, gitignore, lockfile
+from lauf_dvc.dvc.commit import atomic, gitignore, group, lockfile
 from lauf_dvc.dvc.load import single, speedups
 from lauf_dvc.dvc.load.pipeline import (
     address_of,
@@ -157,6 +157,7 @@ class StageRunner:
             speedups.keep_between_locks(self._repo)
             if compat.fast_path():  # dvc.lock: old or new, never torn
                 self._atomic = atomic.install(self._repo)
+                group.clean(self._repo)  # records of dead workers of this host
             atomic.safe_reflink()  # workers commit at once: no object deleted meanwhile
         return self._repo
 
@@ -539,13 +540,20 @@ def _finish(job: _Job, prepared: _Prepared) -> StageResult:
     stage = prepared.stage
     try:
         fault("before-commit", job.address)
+        posted = None
         with contextlib.chdir(job.repo.root_dir), _ignores_deferred(stage):
             _save(job, stage)
             entry = lockfile.rendered(stage)  # the stage's alone: before the lock
+            posted = group.post(job.repo, stage, entry)  # for whoever holds the lock next
         with locked(job.repo):
-            _record(job, stage, ignore=True, entry=entry)
+            if posted is None:
+                _record(job, stage, ignore=True, entry=entry)
+            else:
+                _record_group(job, stage, posted)
             prepared.paths.release()
     except (DvcException, OSError) as exc:
+        if posted is not None:
+            group.withdraw(posted)
         why = reword(exc, job.repo.root_dir)
         raise _StageFailed(f"the command succeeded but DVC could not save it: {why}") from None
     return job.result("ran", stage, "ran", written=True, code=0)
@@ -598,7 +606,25 @@ def _record(
         _dump(job, stage, write)
 
 
-def _dump(job: _Job, stage: Stage, write: Any) -> None:
+def _record_group(job: _Job, stage: PipelineStage, posted: group.Record) -> None:
+    """:func:`_record` by group commit (:mod:`lauf_dvc.dvc.commit.group`): this stage's
+    entry and ``.gitignore`` lines and those of every stage waiting, in one rewrite;
+    nothing if another worker wrote them already. Where that cannot write the entry, DVC
+    dumps it."""
+    found = False
+
+    def write() -> None:
+        nonlocal found
+        done = group.commit(job.repo, stage, posted)
+        if done == "dvc":
+            stage.dump(update_pipeline=False)
+        found = done == "found"
+
+    with job.repo.scm_context(quiet=True):
+        _dump(job, stage, write, found=lambda: found)
+
+
+def _dump(job: _Job, stage: Stage, write: Any, *, found: Any = lambda: False) -> None:
     """Write the stage's entry (``write()``), atomically, checking it went through
     :mod:`lauf_dvc.dvc.commit.atomic`."""
     assert job.atomic is not None  # the fast path
@@ -607,7 +633,8 @@ def _dump(job: _Job, stage: Stage, write: Any) -> None:
         write()
     finally:
         job.atomic.stage = None
-    job.atomic.check(before)
+    if not found():  # (a group commit may find its entry written by another worker)
+        job.atomic.check(before)
 
 
 @contextmanager

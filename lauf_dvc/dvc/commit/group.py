@@ -143,6 +143,8 @@ def commit(repo: Repo, stage: PipelineStage, own: Record) -> str:
     worker wrote it); ``"dvc"``: ``own`` is not in ``dvc.lock``, the caller lets DVC dump
     the stage (a file of another shape, a new dvc.lock, a key DVC writes otherwise);
     its ``.gitignore`` lines are added either way."""
+    from dvc.exceptions import DvcException
+
     root = repo.root_dir
     lock_path = os.path.join(root, own.lockfile)
     try:
@@ -154,13 +156,18 @@ def commit(repo: Repo, stage: PipelineStage, own: Record) -> str:
         if lock_mtime is not None and _is_written(lock_path, own):
             return "found"  # another holder wrote it (and its .gitignore lines)
         log.debug("record of %s replaced or gone, and not in dvc.lock: writing it", own.name)
-    records = [own]
-    if lock_mtime is not None:
-        records += _waiting(own, lock_mtime)
     with gitignore.fast(repo):
-        for record in records:
-            for rel in record.ignores:
-                repo.scm_context.ignore(os.path.join(root, rel))
+        for rel in own.ignores:
+            repo.scm_context.ignore(os.path.join(root, rel))
+        records = [own]
+        for record in _waiting(own, lock_mtime) if lock_mtime is not None else []:
+            try:
+                for rel in record.ignores:
+                    repo.scm_context.ignore(os.path.join(root, rel))
+            except (DvcException, OSError) as exc:  # its own poster meets it, and fails
+                log.debug("record of %s left to its poster: %s", record.name, exc)
+                continue
+            records.append(record)
     if lock_mtime is None:  # DVC writes the header ("Generating lock file"): let it
         _unlink_if_same(own)
         return "dvc"

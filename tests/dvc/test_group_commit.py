@@ -161,3 +161,34 @@ def test_records_of_dead_workers_of_this_host_are_removed_at_start(dvc_repo) -> 
     with StageRunner(root) as runner:
         group.clean(runner.repo)
     assert _records(root) == [mine.path]
+
+
+def test_later_rewrites_skip_the_whole_file_checks_and_still_write_dvcs_bytes(dvc_repo) -> None:
+    """After a group commit its dvc.lock's digest and stages end are kept beside the
+    records; the next rewrite of that same file skips the whole-file checks: the bytes are
+    still DVC's. An edit (here a comment) changes the digest: checked again, DVC writes."""
+    from lauf_dvc.dvc.commit import group
+    from lauf_dvc.dvc.run.runner import StageRunner
+
+    root, twin = dvc_repo(FILES, name="lauf"), dvc_repo(FILES, name="dvc")
+    for where in (root, twin):
+        _make_outputs(where, "abcd")
+        _dvc_dump(where, "d")
+    _dvc_dump(twin, "abc")
+    with StageRunner(root) as runner:
+        posted = _lauf_save(runner, "abc")
+        assert _commit(runner, *posted["a"]) == "wrote"  # checked in full: DVC wrote it
+        shape = posted["a"][1].path.parent / group._SHAPE
+        first = shape.read_text()
+        for tag in ("-2", "-3"):
+            for where in (root, twin):
+                _make_outputs(where, "cab", tag=tag)
+            _dvc_dump(twin, "cab")
+            posted = _lauf_save(runner, "cab")
+            assert _commit(runner, *posted["c"]) == "wrote"
+            assert (root / "dvc.lock").read_bytes() == (twin / "dvc.lock").read_bytes()
+            assert shape.read_text() != first
+        with (root / "dvc.lock").open("a") as fd:
+            fd.write("# edited by hand\n")
+        _make_outputs(root, "b", tag="-4")
+        assert _commit(runner, *_lauf_save(runner, "b")["b"]) == "dvc"

@@ -15,7 +15,10 @@ written, adds their ``.gitignore`` lines, and writes all the entries in one rewr
 (:func:`lauf_dvc.dvc.commit.lockfile.splice_many`); then removes those records. A worker
 whose record someone else wrote has only to check, in its turn, that its entry is there.
 The more workers wait, the more entries one rewrite carries: the cost per stage falls
-where it used to grow.
+where it used to grow. Beside the records the holder keeps a digest of the file it wrote
+and where its stages block ends (``lockfile.shape``): the next holder that reads the
+same bytes skips the whole-file shape checks, which at 10,000 entries cost a third of
+the rewrite.
 
 Nothing changes for a reader: ``dvc.lock`` is replaced atomically as before, each rewrite
 holds whole entries as DVC writes them, and a stage reports success only after its
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+import xxhash
 
 from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.commit import gitignore, lockfile
@@ -172,18 +176,23 @@ def commit(repo: Repo, stage: PipelineStage, own: Record) -> str:
         _unlink_if_same(own)
         return "dvc"
     fs = repo.fs
+    shape = own.path.parent / _SHAPE
     with fs.open(lock_path, encoding="utf-8") as fd:
         text = fd.read()
     items = [(r.name, r.entry, r.block) for r in records]
-    spliced = lockfile.splice_many(text, items)
+    spliced = lockfile.splice_many(text, items, end=_known_end(shape, text))
     if spliced is None:  # another shape: DVC dumps ours; the others' posters do theirs
         _unlink_if_same(own)
         return "dvc"
-    new_text, outcome = spliced
+    new_text, outcome, end = spliced
     written = [r for r, o in zip(records, outcome, strict=True) if o is not None]
     if written:
         with fs.open(lock_path, "w+", encoding="utf-8") as fd:  # as DVC: always rewritten
             fd.write(new_text)
+        if lockfile.checked_blocks([r.block for r in written]):
+            _write_shape(shape, new_text, end)
+        else:
+            shape.unlink(missing_ok=True)
         if any(outcome):
             rel = compat.lockfile_of(stage.dvcfile).relpath
             # DVC's own message and git tracking (dvc/dvcfile.py Lockfile.dump_stages)
@@ -217,6 +226,35 @@ def clean(repo: Repo) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+#: Beside the records: a digest of the dvc.lock last written here (from a checked file
+#: and checked entries) and where its stages block ends. A file read with that digest is
+#: that one: the next rewrite skips the whole-file checks (6 ms at 10,000 entries; the
+#: digest, 1).
+_SHAPE = "lockfile.shape"
+
+
+def _digest(text: str) -> str:
+    return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
+
+
+def _known_end(shape: Path, text: str) -> int | None:
+    try:
+        body = json.loads(shape.read_text(encoding="utf-8"))
+        digest, end = body["digest"], body["end"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return end if isinstance(end, int) and digest == _digest(text) else None
+
+
+def _write_shape(shape: Path, text: str, end: int) -> None:
+    tmp = shape.with_name(f".shape.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps({"digest": _digest(text), "end": end}), encoding="utf-8")
+        os.replace(tmp, shape)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        shape.unlink(missing_ok=True)
 
 
 def _still_posted(record: Record) -> bool:

@@ -125,21 +125,28 @@ def splice(
 
 
 def splice_many(
-    text: str, items: list[tuple[str, dict[str, Any] | None, str]]
-) -> tuple[str, list[bool | None]] | None:
+    text: str, items: list[tuple[str, dict[str, Any] | None, str]], end: int | None = None
+) -> tuple[str, list[bool | None], int] | None:
     """``text`` (a ``dvc.lock``) with each of ``items`` (name, ``{name: data}`` or None if
     not known, :func:`render` of it) put in, in order, as that many :func:`splice` calls
     would (the file's shape checked and its end found once: at 10,000 entries these scans
     cost more than the rewrite), and per item whether its entry changed (None: that item
     could not be put in here, e.g. a key DVC writes as ``? ``; data unknown: changed
-    unless its lines are the same). None if ``text`` does not have the shape DVC writes."""
-    if not text.endswith("\n") or _has_comment_or_tab(text):
+    unless its lines are the same). None if ``text`` does not have the shape DVC writes.
+
+    ``end``: where the stages block ends, known from an earlier call whose result this
+    ``text`` is (see :func:`checked_blocks`): the whole-file checks are skipped (at
+    10,000 entries they cost a third of a rewrite). Also returned: that end in the result."""
+    if not text.endswith("\n"):
         return None
     start = text.find("\n" + _HEADER)
     if start < 0:
         return None
     start += 1 + len(_HEADER)  # first character of the first entry
-    end = _top_key_after(text, start)  # the end of the stages block
+    if end is None or not start <= end <= len(text):
+        if _has_comment_or_tab(text):
+            return None
+        end = _top_key_after(text, start)  # the end of the stages block
     outcome: list[bool | None] = []
     for name, entry, block in items:
         spliced = _splice_one(text, start, end, name, entry, block)
@@ -150,7 +157,14 @@ def splice_many(
         end += len(new_text) - len(text)
         text = new_text
         outcome.append(modified)
-    return text, outcome
+    return text, outcome, end
+
+
+def checked_blocks(blocks: list[str]) -> bool:
+    """Do entry lines (:func:`render`'s) keep a file's shape as :func:`splice_many`'s
+    whole-file checks want it (no comment or tab-led line)? Then a result of splicing
+    them into a checked file needs no check again."""
+    return not any(_has_comment_or_tab(block) for block in blocks)
 
 
 def _splice_one(

@@ -510,15 +510,19 @@ command.run_command(argv, {}, out, address="s", records=Path(sys.argv[3]))
 """
 
 
-@pytest.mark.parametrize("how", ["setpriv", "preexec"])
+def _death_signal_ways() -> list[str]:
+    """How this machine sets the parent-death signal: the preexec_fn always (on Linux),
+    setpriv where util-linux has its --pdeathsig."""
+    from lauf_dvc.dvc.run import command
+
+    return ["preexec"] + (["setpriv"] if command._setpriv() is not None else [])
+
+
+@pytest.mark.parametrize("how", _death_signal_ways())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_simple_command_dies_the_instant_its_worker_does(how, tmp_path) -> None:
     """SIGKILL a process running a command: the kernel kills the command at once (no
     other worker has to come and find it), with setpriv and with the preexec_fn."""
-    from lauf_dvc.dvc.run import command
-
-    if how == "setpriv" and command._setpriv() is None:
-        pytest.skip("no setpriv with --pdeathsig here")
     log = tmp_path / "out.log"
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, how, str(log), str(tmp_path / "rec")])
     deadline = time.monotonic() + 60

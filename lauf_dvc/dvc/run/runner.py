@@ -611,29 +611,28 @@ def _record_group(job: _Job, stage: PipelineStage, posted: group.Record) -> None
     entry and ``.gitignore`` lines and those of every stage waiting, in one rewrite;
     nothing if another worker wrote them already. Where that cannot write the entry, DVC
     dumps it."""
-    found = False
 
-    def write() -> None:
-        nonlocal found
+    def write() -> str:
         done = group.commit(job.repo, stage, posted)
         if done == "dvc":
             stage.dump(update_pipeline=False)
-        found = done == "found"
+        return done
 
     with job.repo.scm_context(quiet=True):
-        _dump(job, stage, write, found=lambda: found)
+        _dump(job, stage, write)
 
 
-def _dump(job: _Job, stage: Stage, write: Any, *, found: Any = lambda: False) -> None:
+def _dump(job: _Job, stage: Stage, write: Any) -> None:
     """Write the stage's entry (``write()``), atomically, checking it went through
-    :mod:`lauf_dvc.dvc.commit.atomic`."""
+    :mod:`lauf_dvc.dvc.commit.atomic` (unless ``write()`` says ``"found"``: a group
+    commit whose entry another worker wrote)."""
     assert job.atomic is not None  # the fast path
     job.atomic.stage, before = job.address, job.atomic.replaced
     try:
-        write()
+        done = write()
     finally:
         job.atomic.stage = None
-    if not found():  # (a group commit may find its entry written by another worker)
+    if done != "found":
         job.atomic.check(before)
 
 

@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +55,7 @@ import psutil
 import xxhash
 
 from lauf_dvc.dvc import compat
-from lauf_dvc.dvc.commit import gitignore, lockfile
+from lauf_dvc.dvc.commit import atomic, gitignore, lockfile
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -122,15 +121,8 @@ def post(repo: Repo, stage: PipelineStage, entry: tuple[dict[str, Any], str]) ->
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name_key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(json.dumps(body), encoding="utf-8")
-        os.replace(tmp, path)
-        st = path.stat()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, body)  # a holder never reads half a record
+    st = path.stat()
     record = Record(path, lock_rel, stage.name, block, ignores, data)
     record.inode, record.mtime_ns = st.st_ino, st.st_mtime_ns
     return record
@@ -213,15 +205,15 @@ def clean(repo: Repo) -> None:
         return
     host = socket.gethostname()
     for path in base.glob("*/*"):
-        if path.suffix == ".tmp":
-            pid = path.name.split(".")[2] if path.name.count(".") >= 3 else ""
+        if path.suffix == ".tmp":  # atomic.write_json's "<name>.<pid>.tmp"
+            pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
             if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 path.unlink(missing_ok=True)
             continue
-        body = _read_body(path)
-        if body is None:
-            continue
-        if body.get("host") == host and not psutil.pid_exists(int(body.get("pid", 0))):
+        body = _read_body(path) or {}
+        owner = body.get("pid")
+        ours = body.get("host") == host and isinstance(owner, int) and owner > 0
+        if ours and not psutil.pid_exists(owner):
             path.unlink(missing_ok=True)
 
 
@@ -248,12 +240,9 @@ def _known_end(shape: Path, text: str) -> int | None:
 
 
 def _write_shape(shape: Path, text: str, end: int) -> None:
-    tmp = shape.with_name(f".shape.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(json.dumps({"digest": _digest(text), "end": end}), encoding="utf-8")
-        os.replace(tmp, shape)
+        atomic.write_json(shape, {"digest": _digest(text), "end": end})
     except OSError:
-        tmp.unlink(missing_ok=True)
         shape.unlink(missing_ok=True)
 
 

@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -254,8 +255,6 @@ def _with_death_signal(
     launcher = _setpriv()
     if launcher is None or not isinstance(argv, list) or not argv:
         return argv, _die_with(os.getpid())
-    import shutil
-
     if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
         return argv, _die_with(os.getpid())
     return [*launcher, *argv], None
@@ -265,8 +264,6 @@ def _with_death_signal(
 def _setpriv() -> list[str] | None:
     """``setpriv --pdeathsig KILL --`` if this machine's setpriv has the option (util-linux
     2.33 and later) and it runs, else None."""
-    import shutil
-
     if not sys.platform.startswith("linux"):
         return None
     found = shutil.which("setpriv")

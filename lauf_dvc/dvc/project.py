@@ -80,6 +80,9 @@ class Project:
     stage_settings: dict[str, StageSettings] = field(default_factory=dict)
     _hooks: Hooks | None = field(default=None, repr=False, compare=False)
     _prefetched: dict[str, StageVerdict] | None = field(default=None, repr=False, compare=False)
+    #: the pipeline snapshot these stages came from or were stored as
+    #: (:func:`lauf_dvc.dvc.load.pipecache.load`); None: neither
+    snapshot: list[int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def lauf_dir(self) -> Path:
@@ -200,22 +203,15 @@ def open_project(
     whole = not targets and (selection is None or selection.all_pipelines or from_store)
     cached = pipecache.load(root, lauf_dir) if whole or selection is not None else None
     if cached is not None:
-        lauf_vars, stages = cached
+        lauf_vars, stages, snapshot = cached
         picked = stages if whole or selection is None else select_cached(root, stages, selection)
         if picked is not None:  # nothing the pipeline is built from changed since last time
             project = _project(root, cli, lauf_vars, picked)
+            project.snapshot = snapshot
             if from_store:
                 project = project.restricted_to_store()
-            dvc_stages = _dvc_judged(project) if prefetch_verdicts else set()
-            if dvc_stages:  # DVC's verdicts: those still valid are kept, the others asked
-                stage_list = [s for s in project.stages if s.address in dvc_stages]
-                keys = verdictcache.Keys(root, stage_list)
-                verdicts = verdictcache.load(lauf_dir, keys)
-                if ask := dvc_stages - set(verdicts):
-                    with open_repo(root) as repo, locked(repo):
-                        verdicts.update(_verdicts_locked(repo, project.stages, ask))
-                    verdictcache.save(lauf_dir, keys, verdicts)
-                project._prefetched = verdicts
+            if prefetch_verdicts:
+                project._prefetched = dvc_verdicts(project)
             return project
     # One Repo and one DVC index for settings, pipeline and (for `status`, `--dry`)
     # DVC's verdicts: each new Repo or lock re-parses every dvc.yaml and dvc.lock.
@@ -225,21 +221,45 @@ def open_project(
     with open_repo(root) as repo, pipecache.recording(repo) as rec, locked(repo):
         lauf_vars = read_lauf_vars(root, repo)
         every = load_locked(repo, () if selection is not None or from_store else targets)
+        saved = None
         if selection is not None or from_store or not targets:
-            rec.save(lauf_dir, lauf_vars, every)
+            saved = rec.save(lauf_dir, lauf_vars, every)
         stages = every
         if selection is not None and not selection.all_pipelines:
             with dvc_errors(repo.root_dir):
                 stages = plan_locked(repo, selection)
         project = _project(root, cli, lauf_vars, stages)
+        project.snapshot = saved
         if from_store:
             project = project.restricted_to_store()
         if prefetch_verdicts:
-            dvc_stages = _dvc_judged(project)
-            keys = verdictcache.Keys(root, [s for s in project.stages if s.address in dvc_stages])
-            project._prefetched = _verdicts_locked(repo, project.stages, dvc_stages)
-            verdictcache.save(lauf_dir, keys, project._prefetched)
+            project._prefetched = dvc_verdicts(project, repo)
     return project
+
+
+def dvc_verdicts(project: Project, repo: Any = None) -> dict[str, StageVerdict]:
+    """DVC's verdict on each stage of ``project`` its fingerprinter asks DVC about: those
+    stored under the same key (:mod:`lauf_dvc.dvc.status.verdictcache`) as they are, the
+    others asked of DVC (on ``repo``, held locked by this thread, if given) and stored."""
+    from lauf_dvc.dvc.load.pipeline import locked, open_repo
+    from lauf_dvc.dvc.status import verdictcache
+
+    judged = _dvc_judged(project)
+    if not judged:
+        return {}
+    lauf_dir = project.lauf_dir
+    keys = verdictcache.Keys(
+        project.root, [s for s in project.stages if s.address in judged], project.snapshot
+    )
+    verdicts = verdictcache.load(lauf_dir, keys)
+    if ask := judged - set(verdicts):
+        if repo is not None:
+            verdicts.update(_verdicts_locked(repo, project.stages, ask))
+        else:
+            with open_repo(project.root) as opened, locked(opened):
+                verdicts.update(_verdicts_locked(opened, project.stages, ask))
+        verdictcache.save(lauf_dir, keys, verdicts)
+    return verdicts
 
 
 def select_cached(
@@ -328,6 +348,8 @@ def observe(
     with FingerprintContext(project.root, lauf_dir=project.lauf_dir) as ctx:
         if prefetched and project._prefetched is not None:
             ctx.cache[status.PREFETCHED] = project._prefetched
+        elif project.snapshot is not None:  # those DVC would say the same of again
+            ctx.cache[status.PREFETCHED] = dvc_verdicts(project)
         for name, stages in groups.items():
             found = hooks.observe(stages, ctx, name)
             if found is not None:

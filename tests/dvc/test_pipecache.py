@@ -3,6 +3,7 @@ a change DVC would see, on real repositories."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -96,9 +97,12 @@ def test_a_file_changed_within_a_timestamp_tick_is_not_trusted(repo: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, seed) -> None:
-    """Over random edits, status with stored verdicts says what `dvc status` says."""
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stored_verdicts_agree_with_dvc_status(
+    dvc_repo, dvctools, monkeypatch, tmp_path, seed
+) -> None:
+    """Over random edits (the cache too), the stored verdicts say what `dvc status` says,
+    for `lauf-dvc status` (prefetched) and for a sync (``dvc_verdicts``) alike."""
     import random
 
     from test_fingerprinters import EDITS
@@ -120,23 +124,79 @@ def test_stored_verdicts_agree_with_dvc_status(dvc_repo, dvctools, monkeypatch, 
     monkeypatch.setattr(project_module, "_verdicts_locked", counting)
     root = dvc_repo(PIPELINE)
     dvctools.reproduce(root)
+    kept = tmp_path / "objects"
+    kept.mkdir()
+
+    def drop_object(root: Path, rng: random.Random) -> str:
+        objects = sorted((root / ".dvc/cache/files").rglob("*"))
+        objects = [o for o in objects if o.is_file()]
+        if not objects:
+            return "no object to drop"
+        gone = rng.choice(objects)
+        gone.chmod(0o644)
+        gone.rename(kept / str(gone.relative_to(root)).replace("/", "%"))
+        return f"rm cache {gone.name}"
+
+    def restore_objects(root: Path, rng: random.Random) -> str:
+        for back in kept.iterdir():  # the same bytes, a new inode
+            (root / back.name.replace("%", "/")).write_bytes(back.read_bytes())
+            back.unlink()
+        return "restore cache"
+
+    edits = [*EDITS, drop_object, drop_object, restore_objects]
     rng = random.Random(seed)
     history: list[str] = []
     from_store = 0
-    for _step in range(10):
-        history.append(rng.choice(EDITS)(root, rng))
+    for _step in range(12):
+        history.append(rng.choice(edits)(root, rng))
         expected = set(dvctools.dvc_status(root))
-        for attempt in range(2):  # the first may ask DVC; the second finds it stored
+        for attempt in range(3):  # the first may ask DVC; the others find it stored
             asked.clear()
-            project = open_project(start=root, prefetch_verdicts=True)
-            assert project._prefetched is not None
-            got = {a for a, v in project._prefetched.items() if v.changed}
+            if attempt == 1:  # as `lauf-dvc status` reads them
+                verdicts = open_project(start=root, prefetch_verdicts=True)._prefetched
+            else:  # as the sync of `repro` and `worker` reads them
+                verdicts = project_module.dvc_verdicts(open_project(start=root))
+            assert verdicts is not None
+            got = {a for a, v in verdicts.items() if v.changed}
             assert got == expected, (history, attempt)
-            from_store += attempt == 1 and not asked
+            from_store += attempt > 0 and not asked
         if rng.random() < 0.3:
             dvctools.reproduce(root)
             history.append("repro")
-    assert from_store >= 5, history  # the store was really used (a future mtime is not)
+    assert from_store >= 10, history  # the store was really used (a future mtime is not)
+
+
+def test_repro_takes_stored_verdicts_while_the_cache_holds(twins, dvctools) -> None:
+    """An unchanged pipeline's `repro` asks DVC nothing (the stored verdicts hold); an
+    output whose object left the cache runs again, as `dvc repro` runs it."""
+    from pipelines import MARK, dvc_yaml, stage
+    from repro_helpers import assert_like_dvc_repro, lauf, reference
+
+    from lauf_dvc.dvc.status import verdictcache
+
+    files = {"mark.py": MARK, "data.txt": "data\n", "dvc.yaml": dvc_yaml({
+        "one": stage("one.txt", "data.txt"), "two": stage("two.txt", "one.txt")})}  # fmt: skip
+    a, b = twins(files)
+    for root in (a, b):
+        dvctools.reproduce(root)
+    time.sleep(pipecache.RACY + 0.1)  # the files age past the distrust of fresh ones
+    stored = a / LAUF_DIR / verdictcache.FILE
+    first = lauf(a, "repro", "-j", "2")  # asks DVC and stores its answer
+    assert first.summary[:2] == (2, 0) and not first.ran
+    assert set(json.loads(stored.read_text())["stages"]) == {"one", "two"}
+    before = pipecache.file_stat(stored)
+    again = lauf(a, "repro", "-j", "2")
+    assert again.summary[:2] == (2, 0) and not again.ran
+    assert pipecache.file_stat(stored) == before  # nothing asked, so nothing stored anew
+
+    for root in (a, b):  # the object of one.txt leaves the cache
+        md5 = dvctools.read_locks(root)["dvc.lock"]["stages"]["one"]["outs"][0]["md5"]
+        (root / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()
+    ours = lauf(a, "repro", "-j", "2")
+    theirs = reference(b, dvctools)
+    assert ours.code == 0, ours.err
+    assert "one" in theirs and set(ours.ran) == theirs
+    assert_like_dvc_repro(a, b, dvctools)
 
 
 def test_a_full_load_drops_the_stored_verdicts(repo: Path) -> None:
@@ -152,3 +212,33 @@ def test_a_full_load_drops_the_stored_verdicts(repo: Path) -> None:
     (repo / "dvc.yaml").write_text(text)
     open_project(start=repo)  # e.g. `lauf-dvc repro --dry`: a full load, no verdicts asked
     assert not (repo / LAUF_DIR / verdictcache.FILE).exists()
+
+
+def test_verdicts_stored_under_another_snapshot_are_not_used(repo: Path, monkeypatch) -> None:
+    """A status still running on the old pipeline may store its verdicts after a full
+    load replaced the snapshot: they name the snapshot they were computed under, and no
+    other takes them."""
+    from lauf_dvc.dvc import project as project_module
+    from lauf_dvc.dvc.status import verdictcache
+
+    monkeypatch.setattr(verdictcache, "RACY", 0.0)
+    open_project(start=repo, prefetch_verdicts=True)  # stores verdicts under the snapshot
+    stored = repo / LAUF_DIR / verdictcache.FILE
+    late = stored.read_text()
+    asked: list[set[str]] = []
+    real = project_module._verdicts_locked
+
+    def counting(dvc_repo, stages, only):
+        asked.append(set(only or ()))
+        return real(dvc_repo, stages, only)
+
+    monkeypatch.setattr(project_module, "_verdicts_locked", counting)
+    project_module.dvc_verdicts(open_project(start=repo))
+    assert asked == []  # the same snapshot: stored verdicts are used
+    (repo / LAUF_DIR / pipecache.FILE).unlink()
+    _age(repo)
+    open_project(start=repo)  # a full load: a new snapshot, the stored verdicts dropped
+    assert not stored.exists()
+    stored.write_text(late)  # the late writer
+    project_module.dvc_verdicts(open_project(start=repo))
+    assert asked == [{"a", "b"}]

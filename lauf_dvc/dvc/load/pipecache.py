@@ -12,7 +12,7 @@ project has not changed. After a full load, :func:`recording` stores the result 
   pipeline file added or removed anywhere DVC looks is noticed;
 - every file read while loading (``dvc.yaml`` files, the params and vars files used for
   interpolation), the ignore files of those directories, ``.git/info/exclude`` and DVC's
-  config files, by size, mtime, ctime and inode;
+  config files (system, global, repo and local), by size, mtime, ctime and inode;
 - the versions of lauf-dvc, DVC and Python.
 
 :func:`load` checks all of that (a listing per walked directory and a ``stat`` per file)
@@ -52,20 +52,25 @@ RACY = 2.0  # seconds
 _DECIDING = (".gitignore", ".dvcignore")
 
 
-def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo]] | None:
-    """``(lauf_vars, stages)`` as the last full load found them, if nothing changed since."""
+def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo], list[int]] | None:
+    """``(lauf_vars, stages, snapshot)`` as the last full load found them, if nothing
+    changed since; ``snapshot`` names the snapshot file read (:func:`file_stat` of it:
+    what the stored verdicts were computed under, see
+    :mod:`lauf_dvc.dvc.status.verdictcache`)."""
     from lauf_dvc.dvc.load.pipeline import StageInfo
 
     if not compat.caches():
         return None
     try:
-        snap = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
+        with open(lauf_dir / FILE, encoding="utf-8") as f:
+            st = os.fstat(f.fileno())
+            snap = json.loads(f.read())
         if snap.get("format") != FORMAT or snap.get("versions") != versions():
             return None
         if not _unchanged(snap, str(root)):
             return None
         stages = [StageInfo(**_stage_fields(s)) for s in snap["stages"]]
-        return snap["lauf_vars"], stages
+        return snap["lauf_vars"], stages, _stat_list(st)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -78,11 +83,15 @@ class Recording:
         self.dirs: set[str] = set()
         self.files: set[str] = set()
         self.started = time.time()
+        self.config_files: list[str] = []  # DVC's, every level (system, global, repo, local)
 
-    def save(self, lauf_dir: Path, lauf_vars: dict[str, Any], stages: Sequence[StageInfo]) -> None:
-        """Store the loaded pipeline with what it depends on; never fails the caller."""
+    def save(
+        self, lauf_dir: Path, lauf_vars: dict[str, Any], stages: Sequence[StageInfo]
+    ) -> list[int] | None:
+        """Store the loaded pipeline with what it depends on; never fails the caller.
+        Returns the :func:`file_stat` of the snapshot written (None: none was)."""
         if not compat.caches():
-            return
+            return None
         try:  # dvc.lock files are read too, but nothing loaded here comes from them
             files = {f for f in self.files if os.path.basename(f) != "dvc.lock"}
             dirs = {}
@@ -92,7 +101,7 @@ class Recording:
                 files.update(os.path.join(d, n) for n in names if n in _DECIDING)
             git = os.path.join(self.root, ".git", "info", "exclude")
             dvc = [os.path.join(self.root, ".dvc", n) for n in ("config", "config.local")]
-            files.update([git, *dvc])
+            files.update([git, *dvc, *self.config_files])
             snap: dict[str, Any] = {
                 "format": FORMAT,
                 "versions": versions(),
@@ -107,12 +116,14 @@ class Recording:
             file_times = [st[1] / 1e9 for st in snap["files"].values() if st]  # walked)
             if any(t >= fresh for t in (*dir_times, *file_times)):
                 (lauf_dir / FILE).unlink(missing_ok=True)  # too fresh to be trusted later
-                return
+                return None
             write_json(lauf_dir / FILE, snap)
+            return file_stat(lauf_dir / FILE)
         except (OSError, TypeError, ValueError) as exc:  # e.g. a meta value JSON cannot hold
             log.debug("pipeline not cached: %s", exc)
             with contextlib.suppress(OSError):
                 (lauf_dir / FILE).unlink(missing_ok=True)
+            return None
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root)
@@ -122,6 +133,7 @@ class Recording:
 def recording(repo: Repo) -> Iterator[Recording]:
     """Note every directory DVC walks and every file it reads through ``repo`` meanwhile."""
     rec = Recording(repo.root_dir)
+    rec.config_files = [os.path.abspath(f) for f in repo.config.files.values()]
     fs = repo.fs
     if getattr(fs, "protocol", None) != "local" or not compat.caches():
         yield rec
@@ -182,6 +194,10 @@ def file_stat(path: str | Path) -> list[int] | None:
         st = os.stat(path)
     except FileNotFoundError:
         return None
+    return _stat_list(st)
+
+
+def _stat_list(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 

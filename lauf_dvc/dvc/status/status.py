@@ -120,7 +120,27 @@ def _verdict(address: str, stage: Any, made: set[str]) -> StageVerdict:
         reasons = ("never run", *gone)
     elif status:
         reasons = _with_param_values(stage, explain(status))
-    return StageVerdict(address, bool(status), reasons)
+    return StageVerdict(address, bool(status), reasons, objects=_objects(stage))
+
+
+def _objects(stage: Any) -> tuple[str, ...]:
+    """The cache files DVC's status checks for ``stage``'s outputs (``Output.changed_cache``):
+    each cached output's object and, for a directory, the object of every file in it; a
+    directory whose ``.dir`` object is missing lists that object alone."""
+    from dvc_data.hashfile.tree import Tree
+
+    paths: list[str] = []
+    for out in stage.outs:
+        if not (out.use_cache and out.hash_info):
+            continue
+        obj = out.get_obj()
+        if obj is None:  # its .dir object is not in the cache
+            paths.append(out.cache.oid_to_path(out.hash_info.value))
+            continue
+        paths.append(out.cache.oid_to_path(obj.oid))
+        if isinstance(obj, Tree):
+            paths += [out.cache.oid_to_path(hi.value) for _, _, hi in obj]
+    return tuple(paths)
 
 
 def vanished(address: str, exc: OSError) -> StageVerdict:

@@ -1,27 +1,34 @@
-"""DVC's verdicts on stages (stale or not, and why), kept for ``lauf-dvc status`` while
-nothing DVC would look at changed.
+"""DVC's verdicts on stages (stale or not, and why), kept while nothing DVC would look
+at changed.
 
-With the default ``dvc`` fingerprinter, ``lauf-dvc status`` asks DVC itself whether each
-stage changed: that builds DVC's index and checks every stage, as ``dvc status`` does.
-DVC's answer for a stage depends only on the stage's definition, its ``dvc.lock`` entry,
-and its dependencies, parameter files and outputs on disk; DVC itself trusts a file's
-hash while its inode, size and mtime are unchanged (its state database). So after
-asking DVC, lauf stores each verdict (``.dvc/tmp/lauf/verdicts.json``) with a key made of:
+With the default ``dvc`` fingerprinter, lauf asks DVC itself whether each stage changed:
+that builds DVC's index and checks every stage, as ``dvc status`` does. DVC's answer
+for a stage depends only on the stage's definition, its ``dvc.lock`` entry, its
+dependencies, parameter files and outputs on disk, and the cache files of its outputs;
+DVC itself trusts a file's hash while its inode, size and mtime are unchanged (its
+state database). So after asking DVC, lauf stores each verdict
+(``.dvc/tmp/lauf/verdicts.json``) with a key made of:
 
-- the stage's definition as loaded. Stored verdicts are only used when the pipeline
-  came from an unchanged snapshot (:mod:`lauf_dvc.dvc.load.pipecache`), and every full load
-  of the pipeline drops them, so they were computed with the ``dvc.yaml`` of the
-  snapshot in use (settings the definition does not show, such as an output's
-  ``cache`` or ``persist``, included);
+- the pipeline snapshot it was computed under (:mod:`lauf_dvc.dvc.load.pipecache`: the
+  stat of ``pipeline.json``). Stored verdicts are only used by a command whose pipeline
+  came from that same snapshot, so they were computed with the same ``dvc.yaml`` files,
+  DVC config and ignore files (settings the definition does not show, such as an
+  output's ``cache`` or ``persist``, included); every full load drops them too;
+- the stage's definition as loaded;
 - the text of its entry in ``dvc.lock`` (DVC's shape only; otherwise nothing is kept);
 - size, mtime, ctime and inode of every dependency, parameter file and output, and of
-  every file below those that are directories.
+  every file below those that are directories;
+- size, mtime, ctime and inode of every cache file DVC checked for the stage's outputs
+  (a cached output's object; for a directory, its ``.dir`` object and the object of
+  every file in it): an object removed from the cache is "not in cache" to DVC.
 
-The next ``lauf-dvc status`` uses a stored verdict only when the key is the same and no
-part of it is younger than 2 s (a change within one timestamp tick is never missed); it
-asks DVC for every other stage. ``always_changed`` stages, and stages with a remote
-dependency or output (a URL), are always asked. This is a
-read-only view: ``repro`` and ``worker`` always ask DVC itself before running anything.
+A stored verdict is used only when the key is the same and no file of the workspace in
+it is younger than 2 s (a change within one timestamp tick is never missed); DVC is
+asked for every other stage. ``always_changed`` stages, imports, and stages with a
+remote dependency or output (a URL) are always asked.
+
+``lauf-dvc status``, ``repro --dry`` and the sync of ``repro`` and ``worker`` use them.
+A worker still asks DVC itself about each stage it is about to run.
 """
 
 from __future__ import annotations
@@ -53,22 +60,30 @@ class StageVerdict:
     changed: bool
     reasons: tuple[str, ...]
     source: str = "dvc status"
+    #: the cache files DVC checked for the stage's outputs (absolute paths; a verdict
+    #: from DVC only)
+    objects: tuple[str, ...] = ()
 
 
 FILE = "verdicts.json"  # under .dvc/tmp/lauf
-FORMAT = 1
+FORMAT = 2
 
 
 class Keys:
-    """The current key of each stage (computed once per status)."""
+    """The current key of each stage (computed once per command), under the pipeline
+    ``snapshot`` the stages came from (None: not from a snapshot; nothing is stored or
+    used)."""
 
-    def __init__(self, root: Path, stages: Iterable[StageInfo]) -> None:
+    def __init__(self, root: Path, stages: Iterable[StageInfo], snapshot: list[int] | None) -> None:
         self.root = root
+        self.snapshot = snapshot
         self.time = time.time()
         self._blocks: dict[str, dict[str, str] | None] = {}
         self.keys: dict[str, Any] = {}
+        if snapshot is None:
+            return
         for stage in stages:
-            if not stage.always_changed:
+            if not stage.always_changed and stage.kind != "import":
                 self.keys[stage.address] = self._key(stage)
 
     def _key(self, stage: StageInfo) -> Any:
@@ -98,18 +113,25 @@ class Keys:
 
 def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
     """The stored verdicts whose key still holds."""
-    if not compat.caches():
+    if not compat.caches() or keys.snapshot is None:
         return {}
     try:
         stored = json.loads((lauf_dir / FILE).read_text(encoding="utf-8"))
         if stored.get("format") != FORMAT or stored.get("versions") != versions():
+            return {}
+        if stored.get("snapshot") != keys.snapshot:  # another pipeline snapshot's
             return {}
         out = {}
         for address, entry in stored["stages"].items():
             key = keys.keys.get(address)
             if key is None or entry["key"] != key or keys.fresh(key):
                 continue
-            out[address] = StageVerdict(address, entry["changed"], tuple(entry["reasons"]))
+            if any(file_stat(path) != st for path, st in entry["objects"]):
+                continue
+            objects = tuple(path for path, _ in entry["objects"])
+            out[address] = StageVerdict(
+                address, entry["changed"], tuple(entry["reasons"]), objects=objects
+            )
         return out
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -122,7 +144,7 @@ def forget(lauf_dir: Path) -> None:
 
 def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> None:
     """Store ``verdicts`` (just computed by DVC) under the keys taken before asking DVC."""
-    if not compat.caches():
+    if not compat.caches() or keys.snapshot is None:
         return
     try:
         stages = {}
@@ -130,9 +152,13 @@ def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> No
             key = keys.keys.get(address)
             if key is None or keys.fresh(key) or key != _recompute(keys, address):
                 continue  # unknown, too fresh, or changed while DVC looked
+            objects = [[path, file_stat(path)] for path in verdict.objects]
+            if not verdict.changed and any(st is None for _, st in objects):
+                continue  # an object DVC found is gone already
             stages[address] = {"key": key, "changed": verdict.changed,
-                               "reasons": list(verdict.reasons)}  # fmt: skip
-        write_json(lauf_dir / FILE, {"format": FORMAT, "versions": versions(), "stages": stages})
+                               "reasons": list(verdict.reasons), "objects": objects}  # fmt: skip
+        write_json(lauf_dir / FILE, {"format": FORMAT, "versions": versions(),
+                                     "snapshot": keys.snapshot, "stages": stages})  # fmt: skip
     except (OSError, TypeError, ValueError) as exc:
         log.debug("verdicts not cached: %s", exc)
 

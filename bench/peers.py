@@ -209,15 +209,22 @@ def start_points(base: Path, w: Workload, tools: list[str]) -> dict[str, Path]:
     return points
 
 
+AGE = 2.5  # seconds: older than lauf's distrust of fresh files (RACY, 2 s)
+
+
 def prepare(tool: str, start: Path, dest: Path, w: Workload) -> None:
     """A fresh copy of ``start`` for ``tool``, brought to the workload's starting point
     untimed: the change made; what the tool keeps between runs made valid again for the
     copy (new inodes and ctimes) by one status, as it is after the run that reproduced
     it: ``dvc status`` (DVC's hash cache), ``lauf-dvc status`` (that and lauf's pipeline
-    snapshot and stored verdicts)."""
+    snapshot and stored verdicts). The status waits until the copy's files are
+    :data:`AGE` old: lauf trusts nothing it keeps about a file changed within the last
+    2 s, and a copy's files all have a new ctime (a repository's files, minutes or
+    days after the run that made them, are older than that)."""
     shutil.copytree(start, dest, symlinks=True)
     if w.before == "none":
         return
+    time.sleep(AGE)  # for every tool alike (untimed)
     if tool != "snakemake":
         status = [str(BIN / ("lauf-dvc" if tool == "lauf" else "dvc")), "status"]
         run(status + (["-q"] if tool == "dvc" else []), dest)

@@ -76,31 +76,66 @@ def explain(status: list[Any]) -> tuple[str, ...]:
     return tuple(reasons)
 
 
+#: Asked about at most one stage in this many, DVC loads each asked stage alone (with a
+#: worker's :class:`~lauf_dvc.dvc.load.single.StageLoader`) instead of building its
+#: whole index: a sync after one root's data changed asks about that stage only.
+FEW = 20
+
+
 def verdicts_locked(
     repo: Any, stages: Sequence[StageInfo], only: set[str] | None
 ) -> dict[str, StageVerdict]:
     from dvc.exceptions import DvcException
 
-    from lauf_dvc.dvc.load.pipeline import address_of
     from lauf_dvc.dvc.load.speedups import params_files_read_once
 
-    out: dict[str, StageVerdict] = {}
     try:
-        # one pass over the index (each dvc.yaml parsed once), not one load per stage;
         # each params file parsed once, not once per stage naming it
-        by_address = {address_of(repo, s): s for s in repo.index.stages}
-        made = {str(o) for s in by_address.values() for o in s.outs}  # by some stage
         with params_files_read_once():
-            for info in stages:
-                if only is not None and info.address not in only:
-                    continue
-                out[info.address] = _verdict(info.address, by_address[info.address], made)
+            if only is not None and len(only) * FEW <= len(stages):
+                found = _few(repo, only)
+                if found is not None:
+                    return found
+            return _all(repo, stages, only)
     except DvcException as exc:
         raise PipelineError(_one_line(exc)) from None
+
+
+def _all(repo: Any, stages: Sequence[StageInfo], only: set[str] | None) -> dict[str, StageVerdict]:
+    """In one pass over DVC's index (each dvc.yaml parsed once), not one load per stage."""
+    from lauf_dvc.dvc.load.pipeline import address_of
+
+    by_address = {address_of(repo, s): s for s in repo.index.stages}
+    made = {str(o) for s in by_address.values() for o in s.outs}  # by some stage
+    out: dict[str, StageVerdict] = {}
+    for info in stages:
+        if only is not None and info.address not in only:
+            continue
+        verdict = _verdict(info.address, by_address[info.address], made)
+        assert verdict is not None  # (made is given)
+        out[info.address] = verdict
     return out
 
 
-def _verdict(address: str, stage: Any, made: set[str]) -> StageVerdict:
+def _few(repo: Any, only: set[str]) -> dict[str, StageVerdict] | None:
+    """The stages in ``only``, each loaded alone; None if one was never run (its reasons
+    need every stage's outputs: see :func:`_verdict`)."""
+    from lauf_dvc.dvc.load.single import StageLoader
+    from lauf_dvc.dvc.run.runner import collect_stage
+
+    loader = StageLoader()
+    out: dict[str, StageVerdict] = {}
+    for address in sorted(only):
+        verdict = _verdict(address, collect_stage(repo, address, loader), None)
+        if verdict is None:
+            return None
+        out[address] = verdict
+    return out
+
+
+def _verdict(address: str, stage: Any, made: set[str] | None) -> StageVerdict | None:
+    """DVC's verdict on ``stage``; ``made``: every output some stage makes (None: not at
+    hand, and then None for a stage never run, whose reasons need it)."""
     # a frozen stage too: DVC checks its outputs (a missing one is a change)
     try:
         status = _status_unlocked(stage).get(stage.addressing, [])
@@ -108,6 +143,8 @@ def _verdict(address: str, stage: Any, made: set[str]) -> StageVerdict:
         return vanished(address, exc)
     reasons: tuple[str, ...] = ()
     if status and not _has_lock_entry(stage):  # and what will make it fail, if anything
+        if made is None:
+            return None
         # a missing dependency that no stage makes: not its own outputs, nor an upstream
         # stage's (not made yet either)
         gone = tuple(

@@ -43,7 +43,8 @@ def test_dvc_methods_under_held_path_locks_leave_the_rwlock_file_alone(dvc_repo)
     stage ask for nothing new: they pass without an edit of ``.dvc/tmp/rwlock`` (each
     edit replaces it: a new inode); a stage whose paths are not held edits it as DVC does."""
     from lauf_dvc.dvc.load.pipeline import locked
-    from lauf_dvc.dvc.run.runner import StageRunner, _PathLocks, collect_stage
+    from lauf_dvc.dvc.load.single import collect_stage
+    from lauf_dvc.dvc.run.runner import StageRunner, _PathLocks
 
     root = dvc_repo({"in.txt": "x\n", "dvc.yaml": dvc_yaml({
         "s": {"cmd": "cp in.txt out.txt", "deps": ["in.txt"], "outs": ["out.txt"]},

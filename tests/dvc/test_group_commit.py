@@ -37,7 +37,8 @@ def _lauf_save(runner, names: str) -> dict:
     the .gitignore lines deferred, render and post its entry. {name: (stage, record)}."""
     from lauf_dvc.dvc.commit import group, lockfile
     from lauf_dvc.dvc.load.pipeline import locked
-    from lauf_dvc.dvc.run.runner import _ignores_deferred, collect_stage
+    from lauf_dvc.dvc.load.single import collect_stage
+    from lauf_dvc.dvc.run.runner import _ignores_deferred
 
     repo = runner.repo
     posted = {}

@@ -15,7 +15,7 @@ from dvc_repos import init_repo, reproduce
 from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.load import single
 from lauf_dvc.dvc.load.pipeline import address_of, make_repo
-from lauf_dvc.dvc.run.runner import collect_stage, split_address
+from lauf_dvc.dvc.load.single import collect_stage, split_address
 
 pytestmark = pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")
 

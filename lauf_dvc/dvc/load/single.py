@@ -23,16 +23,18 @@ the caller loads the stage through DVC's API, as before.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from lauf_dvc.dvc import compat
 from lauf_dvc.dvc.commit.lockfile import entry_text, parse_entry
 from lauf_dvc.dvc.load.speedups import RACY, copy_yaml
+from lauf_dvc.errors import PipelineError
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
-    from dvc.stage import PipelineStage
+    from dvc.stage import PipelineStage, Stage
 
 _DEFAULT_PARAMS = "params.yaml"  # dvc/dependency/param.py ParamsDependency.DEFAULT_PARAMS_FILE
 
@@ -149,3 +151,41 @@ class StageLoader:
                 self._entries.clear()
             hit = self._entries[block] = parsed
         return copy_yaml(hit[1])
+
+
+def collect_stage(repo: Repo, address: str, loader: StageLoader | None = None) -> Stage:
+    """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
+    stage or a ``.dvc`` file; through ``loader`` (a worker's) where it applies.
+
+    The address is split as :func:`~lauf_dvc.dvc.load.pipeline.address_of` built it, not
+    parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
+    name (``a:b`` means stage ``b`` of a file ``a``)."""
+    from dvc.exceptions import DvcException
+
+    from lauf_dvc.dvc.load.pipeline import address_of, resolve_target
+
+    dvcfile, name = split_address(address)
+    try:
+        quick = loader.load(repo, dvcfile, name) if loader and name else None
+        if quick is not None and address_of(repo, quick) == address:
+            return quick
+        found = [repo.stage.load_one(path=os.path.join(repo.root_dir, dvcfile), name=name)]
+    except (DvcException, KeyError):  # not there (any more): say it as a target would
+        found = resolve_target(repo, address)
+    if len(found) != 1 or address_of(repo, found[0]) != address:
+        names = ", ".join(address_of(repo, s) for s in found[:3])
+        raise PipelineError(
+            f"{address!r} is not one stage (it names {len(found)}: {names}); "
+            "pass a single stage's address, e.g. `sub/dvc.yaml:train@x`"
+        )
+    return found[0]
+
+
+def split_address(address: str) -> tuple[str, str | None]:
+    """``(dvcfile, name)`` of an address (``name`` None for a ``.dvc`` file)."""
+    found = re.match(r"(.*?(?:^|/)dvc\.yaml):(.+)$", address)
+    if found:
+        return found[1], found[2]
+    if address.endswith(".dvc"):
+        return address, None
+    return "dvc.yaml", address

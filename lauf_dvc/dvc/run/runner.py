@@ -56,17 +56,15 @@ from lauf_dvc.dvc import compat, repolock
 from lauf_dvc.dvc.commit import atomic, gitignore, group, lockfile
 from lauf_dvc.dvc.load import single, speedups
 from lauf_dvc.dvc.load.pipeline import (
-    address_of,
     command_lines,
     dvc_errors,
     locked,
     make_repo,
-    resolve_target,
     reword,
 )
 from lauf_dvc.dvc.load.plan import StageOptions, upstream_of
+from lauf_dvc.dvc.load.single import collect_stage
 from lauf_dvc.dvc.run.command import Output, kill_leftovers, run_command
-from lauf_dvc.errors import PipelineError
 from lauf_dvc.faults import after_call, fault
 
 if TYPE_CHECKING:
@@ -209,43 +207,6 @@ class StageRunner:
             return job.failed(None, str(exc))
         finally:
             job.close()
-
-
-def collect_stage(repo: Repo, address: str, loader: single.StageLoader | None = None) -> Stage:
-    """The one stage at ``address`` (relative to the root), freshly loaded: a ``dvc.yaml``
-    stage or a ``.dvc`` file; through ``loader`` (a worker's: see
-    :mod:`lauf_dvc.dvc.load.single`) where it applies.
-
-    The address is split as :func:`~lauf_dvc.dvc.load.pipeline.address_of` built it, not
-    parsed as a target: a stage DVC accepts may be named ``a:b``, which no target can
-    name (``a:b`` means stage ``b`` of a file ``a``)."""
-    from dvc.exceptions import DvcException
-
-    dvcfile, name = split_address(address)
-    try:
-        quick = loader.load(repo, dvcfile, name) if loader and name else None
-        if quick is not None and address_of(repo, quick) == address:
-            return quick
-        found = [repo.stage.load_one(path=os.path.join(repo.root_dir, dvcfile), name=name)]
-    except (DvcException, KeyError):  # not there (any more): say it as a target would
-        found = resolve_target(repo, address)
-    if len(found) != 1 or address_of(repo, found[0]) != address:
-        names = ", ".join(address_of(repo, s) for s in found[:3])
-        raise PipelineError(
-            f"{address!r} is not one stage (it names {len(found)}: {names}); "
-            "pass a single stage's address, e.g. `sub/dvc.yaml:train@x`"
-        )
-    return found[0]
-
-
-def split_address(address: str) -> tuple[str, str | None]:
-    """``(dvcfile, name)`` of an address (``name`` None for a ``.dvc`` file)."""
-    found = re.match(r"(.*?(?:^|/)dvc\.yaml):(.+)$", address)
-    if found:
-        return found[1], found[2]
-    if address.endswith(".dvc"):
-        return address, None
-    return "dvc.yaml", address
 
 
 def log_file(log_dir: Path, address: str) -> Path:

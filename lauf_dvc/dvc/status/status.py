@@ -120,8 +120,7 @@ def _all(repo: Any, stages: Sequence[StageInfo], only: set[str] | None) -> dict[
 def _few(repo: Any, only: set[str]) -> dict[str, StageVerdict] | None:
     """The stages in ``only``, each loaded alone; None if one was never run (its reasons
     need every stage's outputs: see :func:`_verdict`)."""
-    from lauf_dvc.dvc.load.single import StageLoader
-    from lauf_dvc.dvc.run.runner import collect_stage
+    from lauf_dvc.dvc.load.single import StageLoader, collect_stage
 
     loader = StageLoader()
     out: dict[str, StageVerdict] = {}

@@ -33,6 +33,7 @@ A worker still asks DVC itself about each stage it is about to run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -138,8 +139,11 @@ def load(lauf_dir: Path, keys: Keys) -> dict[str, StageVerdict]:
 
 
 def forget(lauf_dir: Path) -> None:
-    """Drop every stored verdict (the pipeline is being loaded afresh)."""
-    (lauf_dir / FILE).unlink(missing_ok=True)
+    """Drop every stored verdict (the pipeline is being loaded afresh). Never fails the
+    caller: stored verdicts name the snapshot they were computed under, so any left
+    behind (a read-only ``.dvc/tmp/lauf``) are never taken for another pipeline."""
+    with contextlib.suppress(OSError):
+        (lauf_dir / FILE).unlink(missing_ok=True)
 
 
 def save(lauf_dir: Path, keys: Keys, verdicts: Mapping[str, StageVerdict]) -> None:

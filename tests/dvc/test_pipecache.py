@@ -96,10 +96,26 @@ def test_a_file_changed_within_a_timestamp_tick_is_not_trusted(repo: Path) -> No
 # -- DVC's verdicts kept for `lauf-dvc status` (lauf_dvc.dvc.status.verdictcache) ----------------
 
 
+@pytest.fixture
+def asked(monkeypatch) -> list[set[str]]:
+    """The stages each of DVC's verdict passes was asked about (the real pass, counted)."""
+    from lauf_dvc.dvc import project as project_module
+
+    calls: list[set[str]] = []
+    real = project_module._verdicts_locked
+
+    def counting(repo, stages, only):
+        calls.append(set(only or ()))
+        return real(repo, stages, only)
+
+    monkeypatch.setattr(project_module, "_verdicts_locked", counting)
+    return calls
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_stored_verdicts_agree_with_dvc_status(
-    dvc_repo, dvctools, monkeypatch, tmp_path, seed
+    dvc_repo, dvctools, monkeypatch, tmp_path, seed, asked
 ) -> None:
     """Over random edits (the cache too), the stored verdicts say what `dvc status` says,
     for `lauf-dvc status` (prefetched) and for a sync (``dvc_verdicts``) alike."""
@@ -114,14 +130,6 @@ def test_stored_verdicts_agree_with_dvc_status(
     # no 2 s distrust of fresh files here, so that the stored verdicts are used at once
     monkeypatch.setattr(pipecache, "RACY", 0.0)
     monkeypatch.setattr(verdictcache, "RACY", 0.0)
-    asked: list[set[str]] = []
-    real = project_module._verdicts_locked
-
-    def counting(repo, stages, only):
-        asked.append(set(only or ()))
-        return real(repo, stages, only)
-
-    monkeypatch.setattr(project_module, "_verdicts_locked", counting)
     root = dvc_repo(PIPELINE)
     dvctools.reproduce(root)
     kept = tmp_path / "objects"
@@ -214,7 +222,9 @@ def test_a_full_load_drops_the_stored_verdicts(repo: Path) -> None:
     assert not (repo / LAUF_DIR / verdictcache.FILE).exists()
 
 
-def test_verdicts_stored_under_another_snapshot_are_not_used(repo: Path, monkeypatch) -> None:
+def test_verdicts_stored_under_another_snapshot_are_not_used(
+    repo: Path, monkeypatch, asked
+) -> None:
     """A status still running on the old pipeline may store its verdicts after a full
     load replaced the snapshot: they name the snapshot they were computed under, and no
     other takes them."""
@@ -225,14 +235,7 @@ def test_verdicts_stored_under_another_snapshot_are_not_used(repo: Path, monkeyp
     open_project(start=repo, prefetch_verdicts=True)  # stores verdicts under the snapshot
     stored = repo / LAUF_DIR / verdictcache.FILE
     late = stored.read_text()
-    asked: list[set[str]] = []
-    real = project_module._verdicts_locked
-
-    def counting(dvc_repo, stages, only):
-        asked.append(set(only or ()))
-        return real(dvc_repo, stages, only)
-
-    monkeypatch.setattr(project_module, "_verdicts_locked", counting)
+    asked.clear()
     project_module.dvc_verdicts(open_project(start=repo))
     assert asked == []  # the same snapshot: stored verdicts are used
     (repo / LAUF_DIR / pipecache.FILE).unlink()

@@ -78,12 +78,12 @@ def load(root: Path, lauf_dir: Path) -> tuple[dict[str, Any], list[StageInfo], l
 class Recording:
     """What one full load read (see :func:`recording`)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, config_files: Sequence[str] = ()) -> None:
         self.root = root
+        self.config_files = list(config_files)  # DVC's, every level (system ... local)
         self.dirs: set[str] = set()
         self.files: set[str] = set()
         self.started = time.time()
-        self.config_files: list[str] = []  # DVC's, every level (system, global, repo, local)
 
     def save(
         self, lauf_dir: Path, lauf_vars: dict[str, Any], stages: Sequence[StageInfo]
@@ -100,8 +100,7 @@ class Recording:
                 dirs[self._rel(d)] = names
                 files.update(os.path.join(d, n) for n in names if n in _DECIDING)
             git = os.path.join(self.root, ".git", "info", "exclude")
-            dvc = [os.path.join(self.root, ".dvc", n) for n in ("config", "config.local")]
-            files.update([git, *dvc, *self.config_files])
+            files.update([git, *self.config_files])
             snap: dict[str, Any] = {
                 "format": FORMAT,
                 "versions": versions(),
@@ -132,8 +131,7 @@ class Recording:
 @contextlib.contextmanager
 def recording(repo: Repo) -> Iterator[Recording]:
     """Note every directory DVC walks and every file it reads through ``repo`` meanwhile."""
-    rec = Recording(repo.root_dir)
-    rec.config_files = [os.path.abspath(f) for f in repo.config.files.values()]
+    rec = Recording(repo.root_dir, [os.path.abspath(f) for f in repo.config.files.values()])
     fs = repo.fs
     if getattr(fs, "protocol", None) != "local" or not compat.caches():
         yield rec

@@ -16,7 +16,10 @@ meets them (see :mod:`lauf_dvc.dvc.run.runner`):
 ``before-commit``   the command succeeded, DVC's repository lock taken, nothing saved
 ``during-save``     the first output committed to the cache, the others not, no dvc.lock
 ``during-dump``     part of the new dvc.lock written (to a temporary file: see
-                    :mod:`lauf_dvc.dvc.commit.atomic`), not yet in place
+                    :mod:`lauf_dvc.dvc.commit.atomic`), not yet in place; armed for a
+                    stage, its worker posts its group-commit record only once it holds
+                    DVC's lock, so that its own rewrite is the one that dies (else
+                    another holder may write the entry first, and the point is never met)
 ``after-dump``      the dvc.lock entry in place, the task not yet completed in the database
 
 and, not at a stage, ``worker-crash``: a worker has registered and claimed nothing; it

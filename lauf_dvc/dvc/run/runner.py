@@ -65,7 +65,7 @@ from lauf_dvc.dvc.load.pipeline import (
 from lauf_dvc.dvc.load.plan import StageOptions, upstream_of
 from lauf_dvc.dvc.load.single import collect_stage
 from lauf_dvc.dvc.run.command import Output, kill_leftovers, run_command
-from lauf_dvc.faults import after_call, fault
+from lauf_dvc.faults import after_call, armed, fault
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -502,11 +502,18 @@ def _finish(job: _Job, prepared: _Prepared) -> StageResult:
     try:
         fault("before-commit", job.address)
         posted = None
+        # An armed during-dump kills this worker in its own rewrite: posted only under the
+        # lock, its entry cannot be written by another holder first (faults.py).
+        late = armed("during-dump", job.address)
         with contextlib.chdir(job.repo.root_dir), _ignores_deferred(stage):
             _save(job, stage)
             entry = lockfile.rendered(stage)  # the stage's alone: before the lock
-            posted = group.post(job.repo, stage, entry)  # for whoever holds the lock next
+            if not late:
+                posted = group.post(job.repo, stage, entry)  # for whoever holds the lock next
         with locked(job.repo):
+            if late:
+                with contextlib.chdir(job.repo.root_dir):
+                    posted = group.post(job.repo, stage, entry)
             if posted is None:
                 _record(job, stage, ignore=True, entry=entry)
             else:
